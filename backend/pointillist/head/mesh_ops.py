@@ -124,3 +124,21 @@ def uv_sphere(radius: float, rings: int, segments: int) -> tuple[np.ndarray, np.
     for s in range(segments):
         faces.append((base + s, last, base + (s + 1) % segments))
     return np.array(verts, dtype=np.float64), np.array(faces, dtype=np.int64)
+
+
+def anchor_field(points: np.ndarray, anchors: np.ndarray, disps: np.ndarray, pinned: np.ndarray | None,
+                 sigma: float, reach: float) -> np.ndarray:
+    """Smooth, local interpolation of anchor displacements (Shepard weights × distance envelope).
+
+    `pinned` anchors have zero displacement and hold the skin in place near them.
+    """
+    if pinned is not None and len(pinned):
+        all_anchors = np.concatenate([anchors, pinned])
+        all_disps = np.concatenate([disps, np.zeros_like(pinned)])
+    else:
+        all_anchors, all_disps = anchors, disps
+    d2 = ((points[:, None, :] - all_anchors[None]) ** 2).sum(-1)
+    w = np.exp(-d2 / (2 * sigma**2)) + 1e-30
+    field = (w @ all_disps) / w.sum(1, keepdims=True)
+    near = np.sqrt(((points[:, None, :] - anchors[None]) ** 2).sum(-1)).min(1)
+    return field * np.exp(-((near / reach) ** 2))[:, None]

@@ -16,7 +16,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from . import mediapipe_topology as mpt
-from .mesh_ops import fan, orient_consistently, uv_sphere, zip_loops
+from .mesh_ops import anchor_field, fan, orient_consistently, uv_sphere, zip_loops
 
 #: Outer eye-corner distance of an average adult (metres); sets the scale of the face mask.
 OUTER_CANTHAL_WIDTH = 0.092
@@ -67,6 +67,7 @@ def face_mask_from_landmarks(landmarks: np.ndarray, image_size: tuple[int, int])
     scale = OUTER_CANTHAL_WIDTH / np.linalg.norm(q[mpt.LEFT_EYE_OUTER] - q[mpt.RIGHT_EYE_OUTER])
     q *= scale
     q = _close_mouth(q)
+    q = _relax_smile(q)
     # Place in head space: eye line at y = +0.025, nose tip at z = +0.108 (FLAME-like proportions).
     eye_y = 0.5 * (q[mpt.LEFT_EYE_OUTER, 1] + q[mpt.RIGHT_EYE_OUTER, 1])
     q += np.array([0.0, 0.025 - eye_y, 0.108 - q[mpt.NOSE_TIP, 2]])
@@ -100,6 +101,19 @@ def _close_mouth(q: np.ndarray) -> np.ndarray:
     lateral = np.clip(1.0 - (np.abs(q[:, 0]) / (corner_x * 1.15)) ** 2, 0.0, 1.0)
     depth = np.exp(-(((mouth_y - q[:, 1]) / 0.030) ** 2))
     out[:, 1] += below * lateral * depth * gap
+    return out
+
+
+def _relax_smile(q: np.ndarray) -> np.ndarray:
+    """Pull the mouth corners of the smiling source portrait down and in toward a neutral mouth."""
+    moving = [(mpt.LEFT_MOUTH_CORNER, (-0.003, -0.004, 0.002)), (mpt.RIGHT_MOUTH_CORNER, (0.003, -0.004, 0.002))]
+    for corner, near in ((mpt.LEFT_MOUTH_CORNER, (409, 375, 308, 415, 324, 270, 321)), (mpt.RIGHT_MOUTH_CORNER, (185, 146, 78, 191, 95, 40, 91))):
+        moving += [(k, tuple(0.6 * np.array(dict(moving)[corner]))) for k in near]
+    idx = [k for k, _ in moving]
+    disp = np.array([d for _, d in moving])
+    pinned = q[[0, 17, 13, 14, mpt.NOSE_TIP, mpt.CHIN]]
+    out = q.copy()
+    out[: mpt.NUM_MESH_LANDMARKS] += anchor_field(q[: mpt.NUM_MESH_LANDMARKS], q[idx], disp, pinned, 0.006, 0.012)
     return out
 
 
@@ -288,7 +302,9 @@ def build_geometry(landmarks: np.ndarray, image_size: tuple[int, int], edge: flo
     iris_ring = int(np.argmin(np.abs(EYEBALL_RADIUS * np.sin(np.pi * np.arange(1, 16) / 16) - IRIS_RADIUS))) + 1
     for side, iris in (("left_eyeball", mpt.LEFT_IRIS), ("right_eyeball", mpt.RIGHT_IRIS)):
         iris_centre = mask[iris[0]]
-        centre = iris_centre - np.array([0.0, 0.0, EYEBALL_RADIUS])
+        lids = face_v[mpt.closed_loop(*((mpt.LEFT_EYE_UPPER, mpt.LEFT_EYE_LOWER) if side.startswith("left") else (mpt.RIGHT_EYE_UPPER, mpt.RIGHT_EYE_LOWER)))]
+        front = min(iris_centre[2], lids[:, 2].mean() - 0.0015)  # cornea just behind the lid line
+        centre = np.array([iris_centre[0], iris_centre[1], front - EYEBALL_RADIUS])
         eyeball_centres[side] = centre
         idx = add(sphere_v + centre, sphere_f, side)
         landmark_vertices[iris[0]] = idx[0]
