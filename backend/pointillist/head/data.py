@@ -155,6 +155,7 @@ class HeadModelData:
                 np.savez_compressed(fh, **arrays)
                 fh.flush()
                 os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
