@@ -1,0 +1,268 @@
+"""`pointillist …`: the command line.
+
+Every command validates its inputs up front and reports problems as one `error: …` line with exit
+code 2 (no traceback); outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _size(text: str) -> int:
+    value = _positive_int(text)
+    if value > 8192:
+        raise argparse.ArgumentTypeError("image sides are limited to 8192 px")
+    return value
+
+
+def _progress(desc: str):
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, leave=False)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _load_head(path: str | None):
+    from .head.model import HeadModel
+
+    return HeadModel.load(path)
+
+
+def _load_avatar_and_head(bundle: str, head_path: str | None):
+    from .avatar.bundle import read_bundle
+    from .avatar.animate import AvatarAnimator
+
+    avatar = read_bundle(bundle)
+    head = _load_head(head_path)
+    if avatar.identity is not None and avatar.identity.model_id != head.model_id:
+        raise CliError(
+            f"{bundle} was made for head model {avatar.identity.model_id!r}; pass --head with that model's .npz "
+            f"(the default is {head.model_id!r})"
+        )
+    return avatar, AvatarAnimator(avatar, head)
+
+
+def _view_from_args(args) -> "ViewSpec":
+    from .preview import ViewSpec
+
+    width, height = args.size
+    return ViewSpec(yaw_deg=args.yaw, pitch_deg=args.pitch, width=width, height=height)
+
+
+def _controls_from_args(args):
+    from .avatar.controls import FaceControls, parse_expression_assignments
+
+    return FaceControls(
+        expressions=parse_expression_assignments(args.expr or []),
+        jaw_deg=args.jaw,
+        neck_yaw_deg=args.neck_yaw,
+        neck_pitch_deg=args.neck_pitch,
+        gaze_deg=tuple(args.gaze),
+    )
+
+
+# ---------------------------------------------------------------------------------------- commands
+def cmd_synth(args) -> None:
+    from .avatar.bundle import write_bundle
+    from .preview import ViewSpec, render_frame
+    from .avatar.animate import AvatarAnimator
+    from .avatar.controls import FaceControls
+    from .synth.procedural import make_procedural_avatar
+
+    head = _load_head(args.head)
+    avatar = make_procedural_avatar(args.seed, head, hair_style=args.style, beard=args.beard, density=args.density)
+    preview = render_frame(AvatarAnimator(avatar, head), FaceControls(), ViewSpec(yaw_deg=25.0, width=384, height=384))
+    write_bundle(avatar, args.output, preview=preview, overwrite=args.overwrite)
+    print(json.dumps({"bundle": str(args.output), "gaussians": int(len(avatar.gaussians.means)), **{k: avatar.meta.get(k) for k in ("hair_style", "beard", "seed")}}))
+
+
+def cmd_render(args) -> None:
+    from .preview import render_frame, save_png
+
+    avatar, animator = _load_avatar_and_head(args.bundle, args.head)
+    image = render_frame(animator, _controls_from_args(args), _view_from_args(args))
+    save_png(image, args.output)
+    print(json.dumps({"image": str(args.output), "size": list(args.size)}))
+
+
+def cmd_preview(args) -> None:
+    from .preview import save_gif, talk_frames, turntable_frames
+
+    avatar, animator = _load_avatar_and_head(args.bundle, args.head)
+    view = _view_from_args(args)
+    if args.turntable:
+        frames = turntable_frames(animator, view, frames=args.frames, progress=_progress("turntable"))
+        fps = args.fps
+    else:
+        frames = talk_frames(animator, view, seconds=args.seconds, fps=args.fps, progress=_progress("talk"))
+        fps = args.fps
+    save_gif(frames, args.output, fps=fps)
+    print(json.dumps({"gif": str(args.output), "frames": len(frames)}))
+
+
+def cmd_head_contact_sheet(args) -> None:
+    from .head.contact_sheet import contact_sheet
+    from .preview import save_png
+    import numpy as np
+
+    sheet = contact_sheet(_load_head(args.head), tile=args.tile)
+    save_png(np.asarray(sheet), args.output)
+    print(json.dumps({"image": str(args.output)}))
+
+
+def cmd_head_import_flame(args) -> None:
+    from .head.flame import import_flame
+
+    data = import_flame(args.pkl, args.output)
+    print(json.dumps({"head": str(args.output), "model_id": data.model_id, "vertices": data.num_vertices, "faces": data.num_faces}))
+
+
+def cmd_head_build_template(args) -> None:
+    from .head.build_template import main as build
+
+    data = build(args.output)
+    print(json.dumps({"head": str(args.output), "vertices": data.num_vertices, "faces": data.num_faces,
+                      "shape_components": data.num_shape, "expressions": data.num_expr}))
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(Path(args.output), quick=args.quick)
+
+
+# ---------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pointillist", description="Portrait → animatable Gaussian-splat head avatars.")
+    parser.add_argument("--version", action="version", version=f"pointillist {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def head_option(p):
+        p.add_argument("--head", metavar="NPZ", help="head model .npz (default: the bundled procedural head)")
+
+    def view_options(p, default_size=512):
+        p.add_argument("--yaw", type=float, default=0.0, metavar="DEG", help="camera orbit toward the subject's left")
+        p.add_argument("--pitch", type=float, default=0.0, metavar="DEG", help="camera orbit upward")
+        p.add_argument("--size", type=_size, nargs=2, default=[default_size, default_size], metavar=("W", "H"))
+
+    p = sub.add_parser("demo", help="the main job on the bundled default: avatars, renders, previews, contact sheet")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--quick", action="store_true", help="fewer, smaller frames (for tests)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("synth", help="make a procedural, rigged avatar bundle")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("-o", "--output", required=True, metavar="BUNDLE", help="bundle folder, or a path ending in .zip")
+    p.add_argument("--style", choices=["bald", "short", "long", "bun", "curly"], help="hair style (default: from the seed)")
+    beard = p.add_mutually_exclusive_group()
+    beard.add_argument("--beard", dest="beard", action="store_true", default=None)
+    beard.add_argument("--no-beard", dest="beard", action="store_false")
+    p.add_argument("--density", type=float, default=1.0, help="scale the number of Gaussians (default 1.0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    head_option(p)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("render", help="render a posed avatar to a PNG")
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("-o", "--output", required=True, metavar="PNG")
+    p.add_argument("--expr", action="append", metavar="NAME=VALUE", help="expression weight, repeatable (e.g. mouthSmileLeft=0.8, jawOpen=0.5)")
+    p.add_argument("--jaw", type=float, default=0.0, metavar="DEG", help="jaw opening")
+    p.add_argument("--neck-yaw", type=float, default=0.0, metavar="DEG", help="head turn toward the subject's left")
+    p.add_argument("--neck-pitch", type=float, default=0.0, metavar="DEG", help="head nod down")
+    p.add_argument("--gaze", type=float, nargs=2, default=[0.0, 0.0], metavar=("X", "Y"), help="eye rotation in degrees: toward the subject's left, up")
+    view_options(p)
+    head_option(p)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("preview", help="animated GIF: turntable or talking")
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("-o", "--output", required=True, metavar="GIF")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--turntable", action="store_true")
+    mode.add_argument("--talk", action="store_true", help="a few seconds of speech-like jaw, blinks and smiles")
+    p.add_argument("--frames", type=_positive_int, default=36, help="turntable frames")
+    p.add_argument("--seconds", type=float, default=3.0, help="talk length")
+    p.add_argument("--fps", type=float, default=15.0)
+    view_options(p, default_size=384)
+    head_option(p)
+    p.set_defaults(func=cmd_preview)
+
+    head = sub.add_parser("head", help="head model tools").add_subparsers(dest="head_command", required=True, metavar="SUBCOMMAND")
+    p = head.add_parser("contact-sheet", help="one render per expression, to judge the blendshapes")
+    p.add_argument("-o", "--output", required=True, metavar="PNG")
+    p.add_argument("--tile", type=_size, default=256)
+    head_option(p)
+    p.set_defaults(func=cmd_head_contact_sheet)
+    p = head.add_parser("import-flame", help="convert a FLAME 2020/2023 .pkl once into our .npz (no pickle at run time)")
+    p.add_argument("pkl", metavar="FLAME.pkl")
+    p.add_argument("-o", "--output", required=True, metavar="NPZ")
+    p.set_defaults(func=cmd_head_import_flame)
+    p = head.add_parser("build-template", help="regenerate the procedural head template (needs the build extras)")
+    p.add_argument("-o", "--output", required=True, metavar="NPZ")
+    p.set_defaults(func=cmd_head_build_template)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .avatar.controls import ControlError
+    from .head.data import HeadModelError
+
+    errors: list[type[BaseException]] = [CliError, HeadModelError, ControlError, FileNotFoundError, IsADirectoryError, FileExistsError]
+    try:
+        from .avatar.gaussians import AvatarFormatError
+
+        errors.append(AvatarFormatError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        args.func(args)
+    except _user_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The main job on the bundled default (`./dev demo` → `pointillist demo -o out/demo`).
+
+Today: the head model's expression contact sheet, procedural avatars in every hair style, posed renders
+and animated previews. Later stages (portrait fit, generation, Blender import, render bridge, exports)
+append themselves to `STAGES`, so one command keeps running the whole product end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .avatar.controls import FaceControls
+
+
+@dataclass
+class DemoContext:
+    out: Path
+    quick: bool
+    results: dict = field(default_factory=dict)
+    head: object = None
+    main_bundle: Path | None = None
+
+    def log(self, message: str) -> None:
+        print(f"[demo] {message}", file=sys.stderr, flush=True)
+
+
+def stage_contact_sheet(ctx: DemoContext) -> None:
+    from .head.contact_sheet import contact_sheet
+    from .head.model import HeadModel
+    from .preview import save_png
+
+    ctx.head = HeadModel.load()
+    path = ctx.out / "head_contact_sheet.png"
+    save_png(np.asarray(contact_sheet(ctx.head, tile=160 if ctx.quick else 256)), path)
+    ctx.results["contact_sheet"] = str(path)
+
+
+DEMO_CAST = (("long", 1, False), ("short", 2, True), ("bald", 3, False), ("bun", 4, False), ("curly", 5, False))
+
+
+def stage_avatars(ctx: DemoContext) -> None:
+    from .avatar.animate import AvatarAnimator
+    from .avatar.bundle import write_bundle
+    from .preview import ViewSpec, render_frame
+    from .synth.procedural import make_procedural_avatar
+
+    cast = DEMO_CAST[:2] if ctx.quick else DEMO_CAST
+    counts = {}
+    for style, seed, beard in cast:
+        avatar = make_procedural_avatar(seed, ctx.head, hair_style=style, beard=beard, density=0.25 if ctx.quick else 1.0)
+        view = ViewSpec(yaw_deg=25.0, width=256 if ctx.quick else 384, height=256 if ctx.quick else 384)
+        preview = render_frame(AvatarAnimator(avatar, ctx.head), FaceControls(), view)
+        bundle = ctx.out / "avatars" / f"{style}-{seed}"
+        write_bundle(avatar, bundle, preview=preview, overwrite=True)
+        counts[f"{style}-{seed}"] = int(len(avatar.gaussians.means))
+        ctx.log(f"avatar {style}-{seed}: {counts[f'{style}-{seed}']} Gaussians")
+        if ctx.main_bundle is None:
+            ctx.main_bundle = bundle
+    ctx.results["avatars"] = counts
+
+
+RENDER_POSES: tuple[tuple[str, float, float, FaceControls], ...] = (
+    ("front", 0.0, 0.0, FaceControls()),
+    ("three_quarter", 35.0, 5.0, FaceControls()),
+    ("side", 90.0, 0.0, FaceControls()),
+    ("back", 180.0, 10.0, FaceControls()),
+    ("smile", 20.0, 0.0, FaceControls(expressions={"mouthSmileLeft": 1.0, "mouthSmileRight": 1.0, "cheekSquintLeft": 0.5, "cheekSquintRight": 0.5})),
+    ("jaw_open", 20.0, 0.0, FaceControls(jaw_deg=20.0, expressions={"browInnerUp": 0.6, "eyeWideLeft": 0.6, "eyeWideRight": 0.6})),
+    ("wink", 20.0, 0.0, FaceControls(expressions={"eyeBlinkLeft": 1.0, "mouthSmileLeft": 0.6})),
+    ("look_around", 0.0, 0.0, FaceControls(neck_yaw_deg=25.0, gaze_deg=(20.0, 8.0))),
+)
+
+
+def stage_renders(ctx: DemoContext) -> None:
+    from PIL import Image
+
+    from .avatar.animate import AvatarAnimator
+    from .avatar.bundle import read_bundle
+    from .preview import ViewSpec, render_frame, save_png
+
+    avatar = read_bundle(ctx.main_bundle)
+    animator = AvatarAnimator(avatar, ctx.head)
+    size = 256 if ctx.quick else 512
+    tiles = []
+    for name, yaw, pitch, controls in RENDER_POSES:
+        image = render_frame(animator, controls, ViewSpec(yaw_deg=yaw, pitch_deg=pitch, width=size, height=size))
+        save_png(image, ctx.out / "renders" / f"{name}.png")
+        tiles.append(image)
+    grid = np.concatenate([np.concatenate(tiles[:4], axis=1), np.concatenate(tiles[4:], axis=1)], axis=0)
+    save_png(grid, ctx.out / "renders" / "overview.png")
+    ctx.results["renders"] = [name for name, *_ in RENDER_POSES]
+
+
+def stage_previews(ctx: DemoContext) -> None:
+    from .avatar.animate import AvatarAnimator
+    from .avatar.bundle import read_bundle
+    from .preview import ViewSpec, save_gif, talk_frames, turntable_frames
+
+    animator = AvatarAnimator(read_bundle(ctx.main_bundle), ctx.head)
+    size = 192 if ctx.quick else 320
+    view = ViewSpec(width=size, height=size)
+    frames = turntable_frames(animator, view, frames=8 if ctx.quick else 36)
+    save_gif(frames, ctx.out / "preview_turntable.gif", fps=12)
+    talk = talk_frames(animator, ViewSpec(yaw_deg=15.0, width=size, height=size), seconds=1.0 if ctx.quick else 4.0, fps=12.5)
+    save_gif(talk, ctx.out / "preview_talk.gif", fps=12.5)
+    ctx.results["previews"] = ["preview_turntable.gif", "preview_talk.gif"]
+
+
+STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
+    ("head contact sheet", stage_contact_sheet),
+    ("procedural avatars", stage_avatars),
+    ("posed renders", stage_renders),
+    ("animated previews", stage_previews),
+]
+
+
+def run_demo(out: Path, quick: bool = False) -> dict:
+    ctx = DemoContext(out=out, quick=quick)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    for i, (name, stage) in enumerate(STAGES, 1):
+        ctx.log(f"{i}/{len(STAGES)} {name}...")
+        start = time.perf_counter()
+        stage(ctx)
+        timings[name] = round(time.perf_counter() - start, 2)
+    ctx.results["seconds"] = timings
+    from .preview import atomic_output
+
+    with atomic_output(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(ctx.results, indent=2))
+    print(json.dumps({"demo": str(out), **ctx.results}))
+    return ctx.results
