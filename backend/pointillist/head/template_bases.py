@@ -283,7 +283,7 @@ class TemplateRigBuilder:
         lr("mouthLowerDown", [(k, (0, -0.0045, 0.0005)) for k in (314, 405, 321, 317, 402, 318)], pinned=(corner, 17, 14), sigma=0.004, reach=0.008)
         lr("mouthDimple", [(corner, (0.002, 0.0, -0.004))], pinned=mid_lips, sigma=0.005, reach=0.010)
         lr("mouthStretch", [(corner, (0.005, -0.003, -0.001))] + [(k, (0.002, -0.002, 0)) for k in near_corner], pinned=mid_lips, sigma=0.006, reach=0.010)
-        lr("mouthPress", [(k, (0, -0.0012, 0)) for k in (312, 311, 310)] + [(k, (0, 0.0012, 0)) for k in (317, 402, 318)], pinned=(corner,), sigma=0.004, reach=0.007)
+        lr("mouthPress", [(k, (0.0005, -0.0008, -0.0018)) for k in (312, 311, 310, 267, 269, 270)] + [(k, (0.0005, 0.0008, -0.0018)) for k in (317, 402, 318, 314, 405, 321)], pinned=(corner,), sigma=0.004, reach=0.007)
         all_lips = mpt.OUTER_LIPS_UPPER + mpt.OUTER_LIPS_LOWER + mpt.INNER_LIPS_UPPER + mpt.INNER_LIPS_LOWER
         mc = self.g.anchors["mouth_centre"]
         pucker = [(k, tuple((mc - lm[k]) * np.array([0.45, 0.25, 0]) + np.array([0, 0, 0.007]))) for k in set(all_lips)]

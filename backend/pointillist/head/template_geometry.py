@@ -89,18 +89,16 @@ def _symmetrise(q: np.ndarray) -> np.ndarray:
 
 def _close_mouth(q: np.ndarray) -> np.ndarray:
     """Move the lower lip up so the lips meet with a 1.5 mm slit (the source portrait smiles)."""
-    upper = q[list(mpt.INNER_LIPS_UPPER[1:-1])]
-    lower = q[list(mpt.INNER_LIPS_LOWER[1:-1])]
-    gap = float(np.mean(upper[:, 1] - lower[:, 1])) - 0.0015
-    if gap <= 0:
-        return q
+    upper = q[list(mpt.INNER_LIPS_UPPER)]
+    lower = q[list(mpt.INNER_LIPS_LOWER)]
+    order = np.argsort(upper[:, 0])
+    gap_x = upper[order, 0]
+    gap = np.clip(upper[order, 1] - lower[order, 1] - 0.0015, 0.0, None)  # per position along the mouth
     mouth_y = 0.5 * (q[13, 1] + q[14, 1])
-    corner_x = abs(q[mpt.LEFT_MOUTH_CORNER, 0])
     out = q.copy()
     below = q[:, 1] < mouth_y
-    lateral = np.clip(1.0 - (np.abs(q[:, 0]) / (corner_x * 1.15)) ** 2, 0.0, 1.0)
     depth = np.exp(-(((mouth_y - q[:, 1]) / 0.030) ** 2))
-    out[:, 1] += below * lateral * depth * gap
+    out[:, 1] += below * depth * np.interp(q[:, 0], gap_x, gap, left=0.0, right=0.0)
     return out
 
 
