@@ -105,6 +105,7 @@ def gaussians_from_ply_bytes(payload: bytes, name: str = "<ply>") -> tuple[Gauss
     header_end = payload.find(b"end_header")
     if header_end < 0:
         raise AvatarFormatError(f"{name}: PLY header is truncated (no end_header)")
+    _check_declared_size(payload, header_end, name)
     try:
         ply = PlyData.read(io.BytesIO(payload))
     except Exception as exc:  # plyfile raises several types on malformed input
@@ -112,14 +113,6 @@ def gaussians_from_ply_bytes(payload: bytes, name: str = "<ply>") -> tuple[Gauss
     if "vertex" not in ply:
         raise AvatarFormatError(f"{name}: no 'vertex' element")
     element = ply["vertex"]
-    if ply.format != "ascii":
-        data_start = payload.index(b"\n", header_end) + 1
-        expected = sum(el.count * el.data.dtype.itemsize for el in ply.elements)
-        if len(payload) - data_start < expected:
-            raise AvatarFormatError(
-                f"{name}: truncated: header declares {element.count} vertices "
-                f"({expected} bytes) but the file holds {len(payload) - data_start} bytes of data"
-            )
     data = element.data
     names = list(data.dtype.names)
     n_rest = len([p for p in names if p.startswith("f_rest_")])
@@ -168,3 +161,32 @@ def gaussians_from_ply_bytes(payload: bytes, name: str = "<ply>") -> tuple[Gauss
         bary = stack(list(BINDING_PROPS[1:])) if all(has_bary) else np.full((n, 3), np.nan, np.float32)
         binding = Binding(triangles=triangles, barycentrics=bary)
     return gaussians, binding
+
+
+_TYPE_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
+               "int": 4, "uint": 4, "float": 4, "int32": 4, "uint32": 4, "float32": 4, "double": 8, "float64": 8}
+
+
+def _check_declared_size(payload: bytes, header_end: int, name: str) -> None:
+    """For binary PLYs without list properties, the header fixes the data size: check it up front."""
+    header = payload[:header_end].decode("ascii", errors="replace").splitlines()
+    if not any(line.startswith("format binary") for line in header):
+        return
+    counts: list[tuple[str, int, int]] = []  # (element, count, row bytes)
+    for line in header:
+        words = line.split()
+        if words[:1] == ["element"] and len(words) == 3 and words[2].isdigit():
+            counts.append((words[1], int(words[2]), 0))
+        elif words[:1] == ["property"] and counts:
+            if words[1] == "list" or words[1] not in _TYPE_SIZES:
+                return  # variable-size rows: plyfile's own checks apply
+            element, count, row = counts[-1]
+            counts[-1] = (element, count, row + _TYPE_SIZES[words[1]])
+    data_start = payload.index(b"\n", header_end) + 1
+    expected = sum(count * row for _, count, row in counts)
+    if len(payload) - data_start < expected:
+        vertices = next((c for e, c, _ in counts if e == "vertex"), 0)
+        raise AvatarFormatError(
+            f"{name}: truncated: header declares {vertices} vertices ({expected} bytes of data) "
+            f"but the file holds {len(payload) - data_start} bytes"
+        )
