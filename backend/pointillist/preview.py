@@ -39,9 +39,12 @@ class ViewSpec:
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
-def render_frame(animator: AvatarAnimator, controls: FaceControls, view: ViewSpec) -> np.ndarray:
-    """Pose the avatar and rasterize one (H, W, 3) uint8 frame."""
-    expr, pose = controls.to_model(animator.expr_names, strict=False)
+def render_frame(animator: AvatarAnimator, controls: FaceControls, view: ViewSpec, strict: bool = True) -> np.ndarray:
+    """Pose the avatar and rasterize one (H, W, 3) uint8 frame.
+
+    strict=False skips expression names the head model lacks (procedural motion on a FLAME head).
+    """
+    expr, pose = controls.to_model(animator.expr_names, strict=strict)
     with torch.no_grad():
         posed = animator(expr, pose)
         g = animator.avatar.gaussians
@@ -99,7 +102,7 @@ def turntable_frames(animator: AvatarAnimator, view: ViewSpec, frames: int = 36,
     out = []
     for i in range(frames):
         v = ViewSpec(**{**view.__dict__, "yaw_deg": view.yaw_deg + 360.0 * i / frames})
-        out.append(render_frame(animator, controls or FaceControls(), v))
+        out.append(render_frame(animator, controls or FaceControls(), v, strict=False))
         if progress:
             progress(i + 1, frames)
     return out
@@ -110,7 +113,7 @@ def talk_frames(animator: AvatarAnimator, view: ViewSpec, seconds: float = 3.0, 
     n = max(1, int(round(seconds * fps)))
     out = []
     for i in range(n):
-        out.append(render_frame(animator, talk_controls(i / fps), view))
+        out.append(render_frame(animator, talk_controls(i / fps), view, strict=False))
         if progress:
             progress(i + 1, n)
     return out
