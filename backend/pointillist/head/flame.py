@@ -184,6 +184,10 @@ def _read(path: Path) -> bytes:
 
 
 def _unpickle(path: Path, payload: bytes) -> dict:
+    # Every pickle that can hold a dict starts with PROTO (protocol 2+), MARK, EMPTY_DICT or a global.
+    if payload[:1] not in (b"\x80", b"(", b"}", b"c"):
+        hint = " (it looks like a zip/.npz; already converted?)" if payload[:2] == b"PK" else ""
+        raise FlameFormatError(f"{path}: not a pickle file{hint} (starts with {payload[:8]!r})")
     try:
         raw = safe_load(payload)
     except RefusedGlobal as exc:

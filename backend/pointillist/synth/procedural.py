@@ -161,17 +161,18 @@ class ProceduralAvatarBuilder:
         return base / np.sqrt(self.density)
 
     # ------------------------------------------------------------------ skin
-    def _vertex_face(self) -> np.ndarray:
-        """For each vertex, one face it belongs to (to read face-level masks per vertex)."""
-        s = self.surface
-        owner = np.zeros(len(s.verts), dtype=np.int64)
-        owner[s.faces.ravel()] = np.repeat(np.arange(len(s.faces)), 3)
-        return owner
-
     def skin_splats(self) -> Splats:
         s, rng = self.surface, self.rng
         skin_faces = s.part["face"] | s.part["head"]
-        weight = np.where(s.part["face"], 2.2, 1.0)
+        lm = s.lm
+        openings = lm[mpt.closed_loop(mpt.LEFT_EYE_UPPER, mpt.LEFT_EYE_LOWER) + mpt.closed_loop(mpt.RIGHT_EYE_UPPER, mpt.RIGHT_EYE_LOWER)
+                      + mpt.closed_loop(mpt.INNER_LIPS_UPPER, mpt.INNER_LIPS_LOWER)]
+        near_opening = np.exp(-(cKDTree(openings).query(s.verts[s.faces].mean(1))[0] / 0.004) ** 2)
+        outer = lm[list(mpt.closed_loop(mpt.OUTER_LIPS_UPPER, mpt.OUTER_LIPS_LOWER))][:, :2]
+        centroids = s.verts[s.faces].mean(1)
+        on_lips = _inside_polygon(centroids[:, :2], outer * 1.08 - outer.mean(0) * 0.08) & (centroids[:, 2] > lm[mpt.LEFT_MOUTH_CORNER, 2] - 0.01)
+        # small splats where lids and lips end and on the lips, so their colours stay crisp
+        weight = np.where(s.part["face"], 2.2, 1.0) * (1.0 + 3.0 * near_opening) * np.where(on_lips, 3.0, 1.0)
         spacing = self.spacing(0.0062)
         tri, bary, pos, nrm = s.sample(skin_faces, spacing, rng, weight)
         color = np.repeat(self.skin[None], len(pos), 0)
@@ -179,16 +180,14 @@ class ProceduralAvatarBuilder:
         waves = rng.normal(size=(4, 3)) * 25
         phase = rng.random(4) * 6.28
         color *= (1 + 0.035 * np.sin(pos @ waves.T + phase).sum(1) / 2)[:, None]
-        lm = s.lm
         blush = np.exp(-(np.minimum(np.linalg.norm(pos - lm[mpt.LEFT_CHEEK], axis=1), np.linalg.norm(pos - lm[mpt.RIGHT_CHEEK], axis=1)) / 0.022) ** 2)
-        nose = np.exp(-(np.linalg.norm(pos - lm[mpt.NOSE_TIP], axis=1) / 0.015) ** 2)
+        nose = np.exp(-(np.linalg.norm(pos - lm[mpt.NOSE_TIP], axis=1) / 0.010) ** 2)
         redness = 0.08 * blush + 0.06 * nose
         color += redness[:, None] * np.array([0.9, -0.35, -0.25]) * color.mean()
         # lips: inside the outer lip contour, seen from the front
-        outer = lm[list(mpt.closed_loop(mpt.OUTER_LIPS_UPPER, mpt.OUTER_LIPS_LOWER))][:, :2]
         lips = _inside_polygon(pos[:, :2], outer) & (pos[:, 2] > lm[mpt.LEFT_MOUTH_CORNER, 2] - 0.01)
         lip_color = self.skin * np.array([0.78, 0.52, 0.52]) + np.array([0.10, 0.0, 0.02])
-        color[lips] = lip_color * rng.uniform(0.95, 1.05, (lips.sum(), 1))
+        color[lips] = lip_color * rng.uniform(0.97, 1.03, (lips.sum(), 1))
         # soft baked key light, as in photographed skin: the nose, brows and jaw line read from the front
         light = np.array([0.25, 0.55, 0.80])
         color *= (0.80 + 0.22 * np.clip(nrm @ (light / np.linalg.norm(light)), 0.0, 1.0))[:, None]
@@ -199,13 +198,13 @@ class ProceduralAvatarBuilder:
         if self.style != "bald":  # scalp under hair takes the hair colour so gaps do not show skin
             scalp = self._hair_root_mask(pos) & (s.vertex_field(np.isin(s.region, [s.data.region_names.index("scalp")]).astype(float), tri, bary) > 0.5)
             color[scalp] = 0.35 * color[scalp] + 0.65 * self.hair
-        local_spacing = spacing / np.sqrt(s.vertex_field(np.where(s.part["face"][self._vertex_face()], 2.2, 1.0), tri, bary))
+        local_spacing = spacing / np.sqrt(weight[tri])
         r = 0.85 * local_spacing  # random (not blue-noise) samples need generous footprints to close every gap
         # ...but never spill over the eye openings: shrink footprints near the lid margins
         lids = lm[mpt.closed_loop(mpt.LEFT_EYE_UPPER, mpt.LEFT_EYE_LOWER) + mpt.closed_loop(mpt.RIGHT_EYE_UPPER, mpt.RIGHT_EYE_LOWER)]
         inner_lips = lm[mpt.closed_loop(mpt.INNER_LIPS_UPPER, mpt.INNER_LIPS_LOWER)]
-        to_opening = np.minimum(cKDTree(lids).query(pos)[0], cKDTree(inner_lips).query(pos)[0])
-        r = np.minimum(r, np.maximum(0.45 * to_opening, 0.0004))
+        r = np.minimum(r, np.maximum(0.45 * cKDTree(lids).query(pos)[0], 0.0004))
+        r = np.minimum(r, np.maximum(0.45 * cKDTree(inner_lips).query(pos)[0], 0.0009))  # lips meet at rest
         scales = np.stack([r, r, r * 0.25], 1) * rng.uniform(0.85, 1.15, (len(pos), 1))
         rot = _frames(nrm, rng.normal(size=nrm.shape))
         return Splats(pos, scales, rot, np.clip(color, 0, 1), np.full(len(pos), 0.99), Binding(tri, bary))
@@ -214,8 +213,8 @@ class ProceduralAvatarBuilder:
         """Mouth cavity, teeth and eyeballs (sclera, iris, pupil)."""
         s, rng = self.surface, self.rng
         out = []
-        for part, spacing, color in (("mouth_cavity", 0.003, (0.28, 0.07, 0.08)), ("teeth_upper", 0.0021, (0.93, 0.90, 0.82)),
-                                     ("teeth_lower", 0.0021, (0.90, 0.87, 0.79))):
+        for part, spacing, color in (("mouth_cavity", 0.003, (0.28, 0.07, 0.08)), ("teeth_upper", 0.0021, (0.86, 0.83, 0.75)),
+                                     ("teeth_lower", 0.0021, (0.82, 0.79, 0.71))):
             tri, bary, pos, nrm = s.sample(s.part[part], self.spacing(spacing), rng)
             r = self.spacing(spacing) * 0.8
             out.append(Splats(pos, np.tile([r, r, r * 0.3], (len(pos), 1)), _frames(nrm, rng.normal(size=nrm.shape)),
@@ -291,7 +290,11 @@ class ProceduralAvatarBuilder:
         n = len(root)
         crown = np.array([0.0, 0.125, -0.035])
         comb = root - crown
-        comb[:, 1] *= 0.4
+        comb[:, 1] = 0.0  # comb outward from the crown in plan view...
+        flat = np.linalg.norm(comb, axis=1) < 0.01  # ...and give roots right at the crown a direction of their own
+        angle = rng.random(flat.sum()) * 2 * np.pi
+        comb[flat] = np.stack([np.cos(angle), np.zeros_like(angle), np.sin(angle)], 1)
+        comb = comb / np.linalg.norm(comb, axis=1, keepdims=True) + np.array([0.0, -0.35, 0.0])
         skin_vertices = np.flatnonzero(np.isin(np.arange(len(s.verts)), s.faces[s.part["face"] | s.part["head"]]))
         tree = cKDTree(s.verts[skin_vertices])
         points = [root + nrm * lift]
