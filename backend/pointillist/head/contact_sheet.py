@@ -16,6 +16,8 @@ from .mesh_preview import render_mesh
 from .model import HeadModel
 
 JAW_OPEN_RADIANS = math.radians(18.0)
+HEAT_FULL_SCALE = 0.004  # metres of displacement shown at full tint
+HEAT_COLOR = np.array([0.95, 0.35, 0.10])
 
 
 def expression_tiles(head: HeadModel, strength: float = 1.0) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -37,7 +39,7 @@ def expression_tiles(head: HeadModel, strength: float = 1.0) -> list[tuple[str, 
 
 
 def contact_sheet(head: HeadModel, tile: int = 256, columns: int = 8, yaw: float = 20.0) -> Image.Image:
-    """Render every expression tile in a grid, face close-up, three-quarter view."""
+    """Render every expression tile in a grid, face close-up, three-quarter view; moving skin is tinted."""
     tiles = expression_tiles(head)
     expr = torch.stack([t[1] for t in tiles])
     pose = torch.stack([t[2] for t in tiles])
@@ -52,14 +54,17 @@ def contact_sheet(head: HeadModel, tile: int = 256, columns: int = 8, yaw: float
     if parts is not None:
         for i, name in enumerate(head.data.part_names):
             colors[parts == i] = part_colors.get(name, (0.8, 0.8, 0.8))
+    # tint what moves (relative to neutral), so locality and left/right are visible at a glance
+    moved = np.linalg.norm(verts - verts[:1], axis=2)[:, faces].mean(2)  # (tiles, F)
+    heat = np.clip(moved / HEAT_FULL_SCALE, 0.0, 1.0)[..., None] * 0.65
     rows = math.ceil(len(tiles) / columns)
     sheet = Image.new("RGB", (columns * tile, rows * tile), "white")
     draw = ImageDraw.Draw(sheet)
-    target = (0.0, -0.005, 0.04)
-    viewmat = orbit_viewmat(yaw, 5.0, 0.34, target=target)
+    target = (0.0, -0.005, 0.06)
+    viewmat = orbit_viewmat(yaw, 5.0, 0.36, target=target)
     K = fov_to_K(30.0, tile, tile)
     for k, (label, _, _) in enumerate(tiles):
-        img = render_mesh(verts[k], faces, viewmat, K, tile, tile, colors)
+        img = render_mesh(verts[k], faces, viewmat, K, tile, tile, colors * (1 - heat[k]) + HEAT_COLOR * heat[k])
         x, y = (k % columns) * tile, (k // columns) * tile
         sheet.paste(Image.fromarray(img), (x, y))
         draw.text((x + 6, y + 4), label, fill=(20, 20, 20))

@@ -6,8 +6,9 @@ scipy sparse matrix and plain numpy arrays. chumpy does not install on current P
 global only if it is on a short allow-list, and what it hands back can neither run code nor be
 modified by the pickle:
 
-* numpy's array/dtype/scalar reconstruction, wrapped so they refuse object dtypes and subclasses;
-* `object`, `set`, `frozenset` (chumpy's state holds a set), `_codecs.encode` (latin-1 only);
+* numpy's array/dtype/scalar reconstruction (`numpy.core` or numpy 2's `numpy._core`, and the
+  protocol-5 `_frombuffer`), wrapped so they refuse object dtypes and ndarray subclasses;
+* `object`, `set` (chumpy's state holds a set), `_codecs.encode` (latin-1 only);
 * `copy_reg._reconstructor` / `copyreg._reconstructor`, only for our stand-ins with base `object`;
 * any `chumpy.*` class -> an inert `ChumpyStandIn` subclass whose `__setstate__` records the state;
 * scipy's `csc/csr/coo` matrix (or array) classes under `scipy.sparse`, `scipy.sparse.csc`,
@@ -25,6 +26,13 @@ import pickle
 from typing import Any, Callable
 
 import numpy as np
+
+try:  # numpy >= 2 (numpy 1.26 also has this alias for reading numpy-2 pickles)
+    from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
+except ImportError:  # pragma: no cover - older numpy
+    from numpy.core import multiarray as _multiarray
+    from numpy.core import numeric as _numeric
 
 
 class RefusedGlobal(pickle.UnpicklingError):
@@ -178,17 +186,17 @@ def _dtype(obj: Any, align: Any = False, copy: Any = False) -> np.dtype:
 def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     if subtype is not np.ndarray:
         raise RefusedGlobal(f"refused numpy _reconstruct of {getattr(subtype, '__name__', type(subtype).__name__)!r}")
-    return np.core.multiarray._reconstruct(np.ndarray, shape, dtype)
+    return _multiarray._reconstruct(np.ndarray, shape, dtype)
 
 
 def _scalar(dtype: Any, *data: Any) -> Any:
-    return np.core.multiarray.scalar(_plain_dtype(dtype, "numpy scalar"), *data)
+    return _multiarray.scalar(_plain_dtype(dtype, "numpy scalar"), *data)
 
 
 def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
     if not isinstance(buf, (bytes, bytearray)):
         raise RefusedGlobal("refused numpy _frombuffer on a non-bytes buffer")
-    return np.core.numeric._frombuffer(buf, _plain_dtype(dtype, "numpy _frombuffer"), shape, order)
+    return _numeric._frombuffer(buf, _plain_dtype(dtype, "numpy _frombuffer"), shape, order)
 
 
 def _latin1_encode(text: Any, encoding: Any = "latin1") -> bytes:
@@ -212,8 +220,6 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("builtins", "object"): object,
     ("__builtin__", "set"): set,
     ("builtins", "set"): set,
-    ("__builtin__", "frozenset"): frozenset,
-    ("builtins", "frozenset"): frozenset,
     ("_codecs", "encode"): _Guarded(_latin1_encode, "_codecs.encode"),
     ("copy_reg", "_reconstructor"): _Guarded(_reconstructor, "copy_reg._reconstructor"),
     ("copyreg", "_reconstructor"): _Guarded(_reconstructor, "copyreg._reconstructor"),
