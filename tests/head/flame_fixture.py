@@ -159,5 +159,5 @@ def write_numpy_pickle(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     """The same model with plain numpy arrays and today's scipy sparse (what smplx reads without chumpy)."""
     payload = {**arrays, "J_regressor": scipy.sparse.csc_matrix(arrays["J_regressor"]), "bs_style": "lbs", "bs_type": "lrotmin"}
     path = Path(path)
-    path.write_bytes(pickle.dumps(payload, protocol=2))
+    path.write_bytes(pickle.dumps(payload, protocol=4))
     return path
