@@ -212,3 +212,11 @@ def test_template_regenerates_from_its_script():
     np.testing.assert_array_equal(rebuilt.faces, stored.faces)
     np.testing.assert_allclose(rebuilt.vertices, stored.vertices, atol=2e-5)
     np.testing.assert_allclose(rebuilt.expr_dirs, stored.expr_dirs, atol=2e-5)
+
+
+def test_identity_offsets_broadcast_over_a_batch(head):
+    shape = torch.randn(3, head.num_shape)
+    offsets = torch.randn(1, head.num_vertices, 3) * 1e-3
+    batched = head(shape=shape, offsets=offsets)
+    single = head(shape=shape[1:2], offsets=offsets)
+    torch.testing.assert_close(batched.vertices[1], single.vertices[0], rtol=1e-5, atol=1e-6)

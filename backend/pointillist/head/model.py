@@ -89,7 +89,8 @@ class HeadModel(nn.Module):
         return x
 
     def _batch_size(self, *tensors: torch.Tensor | None) -> int:
-        sizes = {t.shape[0] for t in tensors if t is not None and torch.as_tensor(t).ndim >= 2}
+        """The common batch size; a batch of 1 broadcasts against any other."""
+        sizes = {t.shape[0] for t in tensors if t is not None and torch.as_tensor(t).ndim >= 2} - {1}
         if len(sizes) > 1:
             raise ValueError(f"inconsistent batch sizes {sorted(sizes)}")
         return sizes.pop() if sizes else 1
@@ -100,7 +101,7 @@ class HeadModel(nn.Module):
         beta = self._coeffs(shape, self.num_shape, B, "shape")
         v = self.v_template + torch.einsum("vcs,bs->bvc", self.shape_dirs, beta)
         if offsets is not None:
-            v = v + offsets
+            v = v + torch.as_tensor(offsets, dtype=v.dtype, device=v.device).reshape(-1, *v.shape[1:])
         return v
 
     def rest_joints(self, identity_vertices: torch.Tensor) -> torch.Tensor:
