@@ -128,6 +128,23 @@ def main() -> None:
                             "width": WIDTH, "height": HEIGHT})
             print(f"  {name:24s} N={n:6d}: {ms:8.1f} ms", file=sys.stderr, flush=True)
 
+    # Real avatars end to end: pose (expression + LBS) and render one talking frame, as previews do.
+    from pointillist.avatar.animate import AvatarAnimator
+    from pointillist.avatar.controls import talk_controls
+    from pointillist.head.model import HeadModel
+    from pointillist.preview import ViewSpec, render_frame
+    from pointillist.synth.procedural import make_procedural_avatar
+
+    head = HeadModel.load()
+    for style, seed in (("bald", 3), ("long", 1)):
+        avatar = make_procedural_avatar(seed, head, hair_style=style, beard=False)
+        animator = AvatarAnimator(avatar, head)
+        view = ViewSpec(width=WIDTH, height=HEIGHT)
+        ms = time_ms(lambda: render_frame(animator, talk_controls(0.3), view, strict=False), repeats)
+        n = len(avatar.gaussians.means)
+        results.append({"n": n, "path": f"{style} avatar: pose + render", "ms": round(ms, 1), "width": WIDTH, "height": HEIGHT})
+        print(f"  {style} avatar pose + render N={n:6d}: {ms:8.1f} ms", file=sys.stderr, flush=True)
+
     print(f"| N | path | ms/frame ({WIDTH}x{HEIGHT}) |")
     print("|---|---|---|")
     for r in results:
