@@ -11,8 +11,12 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:  # heavy modules load inside the commands, so `--help` stays instant
+    from .preview import ViewSpec
 
 EXIT_USAGE = 2
 

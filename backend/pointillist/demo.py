@@ -79,7 +79,6 @@ RENDER_POSES: tuple[tuple[str, float, float, FaceControls], ...] = (
 
 
 def stage_renders(ctx: DemoContext) -> None:
-    from PIL import Image
 
     from .avatar.animate import AvatarAnimator
     from .avatar.bundle import read_bundle
@@ -131,9 +130,8 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         stage(ctx)
         timings[name] = round(time.perf_counter() - start, 2)
     ctx.results["seconds"] = timings
-    from .preview import atomic_output
+    from .atomic import atomic_write
 
-    with atomic_output(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(ctx.results, indent=2))
+    atomic_write(out / "summary.json", lambda fh: fh.write(json.dumps(ctx.results, indent=2).encode()))
     print(json.dumps({"demo": str(out), **ctx.results}))
     return ctx.results

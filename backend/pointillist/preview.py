@@ -7,16 +7,14 @@ a temporary sibling first and moved into place, so a failed or interrupted run l
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .atomic import atomic_write
 from .avatar.animate import AvatarAnimator
 from .avatar.controls import FaceControls, talk_controls
 from .render.camera import fov_to_K, orbit_viewmat
@@ -66,35 +64,16 @@ def render_frame(animator: AvatarAnimator, controls: FaceControls, view: ViewSpe
     return (out.rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
 
 
-@contextmanager
-def atomic_output(path: str | os.PathLike):
-    """Yield a temporary path next to `path`; move it into place only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
-    with atomic_output(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
+    atomic_write(path, lambda fh: Image.fromarray(image).save(fh, format="PNG"))
 
 
 def save_gif(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: float) -> None:
     images = [Image.fromarray(f) for f in frames]
     if not images:
         raise ValueError("no frames to write")
-    with atomic_output(path) as tmp:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(round(1000 / fps)), loop=0, optimize=False)
+    atomic_write(path, lambda fh: images[0].save(fh, format="GIF", save_all=True, append_images=images[1:],
+                                                 duration=int(round(1000 / fps)), loop=0, optimize=False))
 
 
 def turntable_frames(animator: AvatarAnimator, view: ViewSpec, frames: int = 36,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import atomic_write
 
 #: Joint order shared by every head model (FLAME's: global, neck, jaw, eyes).
 JOINT_NAMES: tuple[str, ...] = ("root", "neck", "jaw", "left_eye", "right_eye")
@@ -128,7 +129,7 @@ class HeadModelData:
 
     # ------------------------------------------------------------------ I/O
     def save(self, path: str | os.PathLike) -> None:
-        """Write an uncompressed-pickle-free `.npz` atomically (temp file, then `os.replace`)."""
+        """Write a pickle-free `.npz` atomically (temp file, fsync, then `os.replace`)."""
         self.validate()
         arrays: dict[str, np.ndarray] = {}
         for f in fields(self):
@@ -147,20 +148,7 @@ class HeadModelData:
             "meta": self.meta,
         }
         arrays["header_json"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "HeadModelData":
