@@ -36,10 +36,11 @@ def portrait_landmarks() -> tuple[np.ndarray, tuple[int, int]]:
     return points, (image.shape[1], image.shape[0])
 
 
-def build_template(landmarks: np.ndarray | None = None, image_size: tuple[int, int] = (512, 512)) -> HeadModelData:
+def build_template(landmarks: np.ndarray | None = None, image_size: tuple[int, int] = (512, 512),
+                   depth_scale: float | None = None) -> HeadModelData:
     if landmarks is None:
         landmarks, image_size = portrait_landmarks()
-    geometry = build_geometry(landmarks, image_size)
+    geometry = build_geometry(landmarks, image_size, depth_scale=depth_scale)
     rig = TemplateRigBuilder(geometry).build()
     faces = geometry.faces
     # landmark -> (a face holding that vertex, one-hot barycentrics)
