@@ -135,6 +135,15 @@ def cmd_preview(args) -> None:
     print(json.dumps({"gif": str(args.output), "frames": len(frames)}))
 
 
+def cmd_fit(args) -> None:
+    from .portrait_fit import fit_portrait
+
+    summary = fit_portrait(args.portrait, args.output, head=_load_head(args.head), overwrite=args.overwrite)
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(json.dumps(summary))
+
+
 def cmd_head_contact_sheet(args) -> None:
     from .head.contact_sheet import contact_sheet
     from .preview import save_png
@@ -197,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     head_option(p)
     p.set_defaults(func=cmd_synth)
 
+    p = sub.add_parser("fit", help="detect, align, matte and fit the head model to a portrait")
+    p.add_argument("portrait", metavar="PORTRAIT", help="JPEG, PNG, WebP, TIFF or BMP")
+    p.add_argument("-o", "--output", required=True, metavar="FIT_DIR", help="writes crop.png, matte.png, fit.json, overlay.png")
+    p.add_argument("--overwrite", action="store_true", help="replace files in an existing FIT_DIR")
+    head_option(p)
+    p.set_defaults(func=cmd_fit)
+
     p = sub.add_parser("render", help="render a posed avatar to a PNG")
     p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument("-o", "--output", required=True, metavar="PNG")
@@ -243,11 +259,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .head.data import HeadModelError
 
     errors: list[type[BaseException]] = [CliError, HeadModelError, ControlError, FileNotFoundError, IsADirectoryError, FileExistsError]
-    try:
-        from .avatar.gaussians import AvatarFormatError
+    from .avatar.gaussians import AvatarFormatError
 
-        errors.append(AvatarFormatError)
-    except ImportError:
+    errors.append(AvatarFormatError)
+    try:
+        from .preprocess.decode import PortraitError
+
+        errors.append(PortraitError)
+    except ImportError:  # portrait understanding not installed in this build
         pass
     return tuple(errors)
 
