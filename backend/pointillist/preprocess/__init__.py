@@ -1,0 +1,1 @@
+"""Portrait understanding: safe decoding, face landmarks, alignment and matting (no downloaded weights)."""
