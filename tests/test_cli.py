@@ -115,3 +115,29 @@ def test_demo_quick(tmp_path):
     for name in ("head_contact_sheet.png", "renders/overview.png", "preview_turntable.gif", "preview_talk.gif"):
         assert (out / name).is_file(), name
     assert Image.open(out / "preview_talk.gif").n_frames > 5
+
+
+def test_fit_writes_crop_matte_fit_and_overlay(tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    portrait = tmp_path / "astronaut.jpg"
+    Image.fromarray(skimage_data.astronaut()).save(portrait, quality=95)
+    out = tmp_path / "fit"
+    proc = run("fit", str(portrait), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    for name in ("crop.png", "matte.png", "fit.json", "overlay.png"):
+        assert (out / name).is_file(), name
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["fit"]["error_iod"] < 0.02
+    assert len(fit["detected_landmarks"]) == 478 and fit["crop_transform"]["size"] == 512
+    assert Image.open(out / "crop.png").size == (512, 512)
+    assert_user_error(run("fit", str(portrait), "-o", str(out)), "already holds")
+
+
+def test_fit_bad_portraits_exit_2_and_write_nothing(tmp_path):
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    noise = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    for name, message in (("notes.jpg", "not an image"), ("noise.png", "no face found"), ("missing.png", "not found")):
+        out = tmp_path / f"out-{name}"
+        assert_user_error(run("fit", str(tmp_path / name), "-o", str(out)), message)
+        assert not out.exists() or not any(out.iterdir())

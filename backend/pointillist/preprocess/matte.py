@@ -17,7 +17,9 @@ _segmenter = None
 
 def _segment(rgb: np.ndarray) -> np.ndarray:
     global _segmenter
-    with _lock:
+    from .landmarks import native_stderr_silenced
+
+    with _lock, native_stderr_silenced():
         if _segmenter is None:
             import mediapipe as mp
 
