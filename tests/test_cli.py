@@ -112,7 +112,7 @@ def test_demo_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["avatars"]) >= 2
-    for name in ("head_contact_sheet.png", "renders/overview.png", "preview_turntable.gif", "preview_talk.gif"):
+    for name in ("head_contact_sheet.png", "fit/overlay.png", "fit/fit.json", "renders/overview.png", "preview_turntable.gif", "preview_talk.gif"):
         assert (out / name).is_file(), name
     assert Image.open(out / "preview_talk.gif").n_frames > 5
 

@@ -1,7 +1,8 @@
 """The main job on the bundled default (`./dev demo` → `pointillist demo -o out/demo`).
 
-Today: the head model's expression contact sheet, procedural avatars in every hair style, posed renders
-and animated previews. Later stages (portrait fit, generation, Blender import, render bridge, exports)
+Today: the head model's expression contact sheet, the bundled portrait fitted (crop, matte, fit, overlay),
+procedural avatars in every hair style, posed renders and animated previews. Later stages (generation,
+Blender import, render bridge, exports)
 append themselves to `STAGES`, so one command keeps running the whole product end to end.
 """
 
@@ -112,8 +113,24 @@ def stage_previews(ctx: DemoContext) -> None:
     ctx.results["previews"] = ["preview_turntable.gif", "preview_talk.gif"]
 
 
+def stage_portrait_fit(ctx: DemoContext) -> None:
+    """The bundled default portrait: scikit-image's public-domain astronaut, fitted like any photo."""
+    import skimage.data
+    from PIL import Image
+
+    from .atomic import atomic_write
+    from .portrait_fit import fit_portrait
+
+    portrait = ctx.out / "portrait.jpg"
+    atomic_write(portrait, lambda fh: Image.fromarray(skimage.data.astronaut()).save(fh, format="JPEG", quality=95))
+    summary = fit_portrait(portrait, ctx.out / "fit", head=ctx.head, overwrite=True)
+    ctx.log(f"fit: {summary['error_iod'] * 100:.1f}% of the inter-ocular distance, head angles {summary['head_angles_deg']}")
+    ctx.results["fit"] = {k: summary[k] for k in ("fit_dir", "error_px", "error_iod", "head_angles_deg")}
+
+
 STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("head contact sheet", stage_contact_sheet),
+    ("portrait fit", stage_portrait_fit),
     ("procedural avatars", stage_avatars),
     ("posed renders", stage_renders),
     ("animated previews", stage_previews),
