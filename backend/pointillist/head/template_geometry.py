@@ -258,7 +258,8 @@ def build_geometry(landmarks: np.ndarray, image_size: tuple[int, int], edge: flo
         o = np.argsort(ring_b)
         ring_idx.append(add(ring[o], None, "head"))
         ring_ang.append(ring_b[o])
-    pole = add(surf[:1, -1] * 0 + np.array([[0.0, 0.0, -skull_radius(np.array([[0.0, 0.0, -1.0]]))[0]]]), None, "head")
+    back = np.array([[0.0, 0.0, -1.0]])
+    pole = add(back * skull_radius(back)[0], None, "head")
 
     head_faces = [zip_loops(oval, b_oval, ring_idx[0], ring_ang[0])]
     for k in range(len(ring_idx) - 1):
