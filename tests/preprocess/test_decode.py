@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 
 import numpy as np
 import pytest
@@ -192,11 +191,9 @@ def test_pixel_limits_refuse_before_decoding(monkeypatch, width, height, max_pix
 
     monkeypatch.setattr(Image.Image, "load", no_decoding)
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
-    start = time.perf_counter()
-    with pytest.raises(PortraitError, match=expected) as err:
+    with pytest.raises(PortraitError, match=expected) as err:  # no_decoding proves no pixel was read
         decode_image(data, max_pixels=max_pixels)
     assert "downscale" in str(err.value)
-    assert time.perf_counter() - start < 1.0
 
 
 # --- broken input -----------------------------------------------------------------------------------
