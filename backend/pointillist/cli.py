@@ -64,8 +64,8 @@ def _load_head(path: str | None):
 
 
 def _load_avatar_and_head(bundle: str, head_path: str | None):
-    from .avatar.bundle import read_bundle
     from .avatar.animate import AvatarAnimator
+    from .avatar.bundle import read_bundle
 
     avatar = read_bundle(bundle)
     head = _load_head(head_path)
@@ -77,7 +77,7 @@ def _load_avatar_and_head(bundle: str, head_path: str | None):
     return avatar, AvatarAnimator(avatar, head)
 
 
-def _view_from_args(args) -> "ViewSpec":
+def _view_from_args(args) -> ViewSpec:
     from .preview import ViewSpec
 
     width, height = args.size
@@ -98,17 +98,17 @@ def _controls_from_args(args):
 
 # ---------------------------------------------------------------------------------------- commands
 def cmd_synth(args) -> None:
-    from .avatar.bundle import write_bundle
-    from .preview import ViewSpec, render_frame
     from .avatar.animate import AvatarAnimator
+    from .avatar.bundle import write_bundle
     from .avatar.controls import FaceControls
+    from .preview import ViewSpec, render_frame
     from .synth.procedural import make_procedural_avatar
 
     head = _load_head(args.head)
     avatar = make_procedural_avatar(args.seed, head, hair_style=args.style, beard=args.beard, density=args.density)
     preview = render_frame(AvatarAnimator(avatar, head), FaceControls(), ViewSpec(yaw_deg=25.0, width=384, height=384))
     write_bundle(avatar, args.output, preview=preview, overwrite=args.overwrite)
-    print(json.dumps({"bundle": str(args.output), "gaussians": int(len(avatar.gaussians.means)), **{k: avatar.meta.get(k) for k in ("hair_style", "beard", "seed")}}))
+    print(json.dumps({"bundle": str(args.output), "gaussians": len(avatar.gaussians.means), **{k: avatar.meta.get(k) for k in ("hair_style", "beard", "seed")}}))
 
 
 def cmd_render(args) -> None:
@@ -145,9 +145,10 @@ def cmd_fit(args) -> None:
 
 
 def cmd_head_contact_sheet(args) -> None:
+    import numpy as np
+
     from .head.contact_sheet import contact_sheet
     from .preview import save_png
-    import numpy as np
 
     sheet = contact_sheet(_load_head(args.head), tile=args.tile)
     save_png(np.asarray(sheet), args.output)
@@ -157,8 +158,18 @@ def cmd_head_contact_sheet(args) -> None:
 def cmd_head_import_flame(args) -> None:
     from .head.flame import import_flame
 
-    data = import_flame(args.pkl, args.output)
-    print(json.dumps({"head": str(args.output), "model_id": data.model_id, "vertices": data.num_vertices, "faces": data.num_faces}))
+    data = import_flame(args.pkl, args.output, landmarks=args.landmarks)
+    print(json.dumps({"head": str(args.output), "model_id": data.model_id, "vertices": data.num_vertices, "faces": data.num_faces,
+                      "landmark_calibration": data.meta.get("landmark_calibration")}))
+
+
+def cmd_head_calibrate_landmarks(args) -> None:
+    from .head.data import HeadModelData
+    from .head.landmark_calibration import with_calibrated_landmarks
+
+    data, calibration = with_calibrated_landmarks(HeadModelData.load(args.head))
+    data.save(args.output or args.head)
+    print(json.dumps({"head": str(args.output or args.head), **calibration.report()}))
 
 
 def cmd_head_build_template(args) -> None:
@@ -247,7 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = head.add_parser("import-flame", help="convert a FLAME 2020/2023 .pkl once into our .npz (no pickle at run time)")
     p.add_argument("pkl", metavar="FLAME.pkl")
     p.add_argument("-o", "--output", required=True, metavar="NPZ")
+    p.add_argument("--no-landmarks", dest="landmarks", action="store_false",
+                   help="skip measuring the MediaPipe landmark mapping (run `head calibrate-landmarks` later)")
     p.set_defaults(func=cmd_head_import_flame)
+    p = head.add_parser("calibrate-landmarks", help="measure where MediaPipe's 478 landmarks sit on a head model (~10 s)")
+    p.add_argument("head", metavar="NPZ")
+    p.add_argument("-o", "--output", metavar="NPZ", help="write here instead of updating NPZ in place (atomically)")
+    p.set_defaults(func=cmd_head_calibrate_landmarks)
     p = head.add_parser("build-template", help="regenerate the procedural head template (needs the build extras)")
     p.add_argument("-o", "--output", required=True, metavar="NPZ")
     p.set_defaults(func=cmd_head_build_template)
@@ -260,8 +277,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [CliError, HeadModelError, ControlError, FileNotFoundError, IsADirectoryError, FileExistsError]
     from .avatar.gaussians import AvatarFormatError
+    from .head.landmark_calibration import CalibrationError
 
-    errors.append(AvatarFormatError)
+    errors += [AvatarFormatError, CalibrationError]
     try:
         from .preprocess.decode import PortraitError
 

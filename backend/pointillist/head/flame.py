@@ -161,9 +161,17 @@ def convert_flame(pkl_path: str | os.PathLike, *, add_teeth: bool = True, n_shap
 
 
 def import_flame(pkl_path: str | os.PathLike, out_npz: str | os.PathLike, *, add_teeth: bool = True,
-                 n_shape: int = 300, n_expr: int = 100) -> HeadModelData:
-    """Convert a FLAME `.pkl` and write it atomically as a head-model `.npz`; prints nothing, returns the data."""
+                 n_shape: int = 300, n_expr: int = 100, landmarks: bool = False) -> HeadModelData:
+    """Convert a FLAME `.pkl` and write it atomically as a head-model `.npz`; prints nothing, returns the data.
+
+    With `landmarks` the MediaPipe landmark mapping is measured on the converted mesh and stored in the
+    same file (`landmark_calibration.py`; ~10 s), which `pointillist fit` needs.
+    """
     data = convert_flame(pkl_path, add_teeth=add_teeth, n_shape=n_shape, n_expr=n_expr)
+    if landmarks:
+        from .landmark_calibration import with_calibrated_landmarks
+
+        data, _ = with_calibrated_landmarks(data)
     data.save(out_npz)
     return data
 
