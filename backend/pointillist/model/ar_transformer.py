@@ -1,0 +1,185 @@
+"""The decoder-only point transformer: per block cross-attention to the conditioning tokens, causal
+self-attention (rotary positions, a sliding window), feed-forward.
+
+Training runs whole windows (`forward`). Generation runs `prefill` once (it also caches the cross-
+attention keys and values of the conditioning) and then `decode_one` per token against a static KV cache
+allocated once for `max_points` (`KVCache`), attending to the last `window` tokens as training did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ARConfig
+from .layers import FeedForward
+from .tokenizer import TOKENS_PER_POINT
+
+START_TYPE = TOKENS_PER_POINT  # slot types 0..3 are x, y, z, binding; 4 is START
+
+
+def token_types(positions: Tensor) -> Tensor:
+    return torch.where(positions == 0, torch.full_like(positions, START_TYPE), (positions - 1) % TOKENS_PER_POINT)
+
+
+def rotary(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
+    """Rotary position embedding of (B, H, T, D) by positions (T,) or (B, T)."""
+    d = x.shape[-1] // 2
+    inv = base ** (-torch.arange(d, device=x.device, dtype=torch.float32) / d)
+    ang = positions.to(torch.float32)[..., None] * inv  # (..., T, d)
+    if ang.dim() == 3:
+        ang = ang[:, None]
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+@dataclass
+class KVCache:
+    """Static per-layer caches: self-attention keys/values for every position, cross-attention once."""
+
+    k: list[Tensor]  # (B, H, capacity, D) per layer
+    v: list[Tensor]
+    cross_k: list[Tensor]  # (B, H, C, D)
+    cross_v: list[Tensor]
+    length: int = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].shape[2]
+
+
+class ARBlock(nn.Module):
+    def __init__(self, config: ARConfig):
+        super().__init__()
+        d, self.heads = config.dim, config.heads
+        self.norm_cross = nn.LayerNorm(d)
+        self.cross_q = nn.Linear(d, d)
+        self.cross_kv = nn.Linear(d, 2 * d)
+        self.cross_out = nn.Linear(d, d)
+        self.norm_self = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.self_out = nn.Linear(d, d)
+        self.norm_ff = nn.LayerNorm(d)
+        self.ff = FeedForward(d, int(d * config.mlp_ratio), config.dropout)
+        self.dropout = config.dropout
+
+    def _split(self, x: Tensor) -> Tensor:
+        B, T, C = x.shape
+        return x.view(B, T, self.heads, C // self.heads).transpose(1, 2)
+
+    def _merge(self, x: Tensor) -> Tensor:
+        B, H, T, D = x.shape
+        return x.transpose(1, 2).reshape(B, T, H * D)
+
+    def cross_keys(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        k, v = self.cross_kv(cond).chunk(2, dim=-1)
+        return self._split(k), self._split(v)
+
+    def forward(self, x: Tensor, positions: Tensor, cross: tuple[Tensor, Tensor], cond_mask: Tensor | None,
+                cache: tuple[Tensor, Tensor] | None = None, start: int = 0, window: int | None = None) -> Tensor:
+        """x (B, T, d) at `positions` (T,). Without a cache: causal within x. With a cache: x holds
+        positions start..start+T-1, written into the cache, attending to cached keys within `window`."""
+        q = self._split(self.cross_q(self.norm_cross(x)))
+        a = F.scaled_dot_product_attention(q, *cross, attn_mask=cond_mask)
+        x = x + F.dropout(self.cross_out(self._merge(a)), self.dropout, self.training)
+
+        q, k, v = (self._split(t) for t in self.qkv(self.norm_self(x)).chunk(3, dim=-1))
+        q, k = rotary(q, positions), rotary(k, positions)
+        T = x.shape[1]
+        if cache is None:
+            mask = None
+            if window is not None and T > window:
+                i = torch.arange(T, device=x.device)
+                mask = (i[None] <= i[:, None]) & (i[:, None] - i[None] < window)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        else:
+            ck, cv = cache
+            ck[:, :, start:start + T] = k
+            cv[:, :, start:start + T] = v
+            lo = 0 if window is None else max(0, start + T - window)
+            keys, values = ck[:, :, lo:start + T], cv[:, :, lo:start + T]
+            if T == 1:
+                a = F.scaled_dot_product_attention(q, keys, values)
+            else:
+                qi = torch.arange(start, start + T, device=x.device)[:, None]
+                ki = torch.arange(lo, start + T, device=x.device)[None]
+                mask = ki <= qi
+                if window is not None:
+                    mask = mask & (qi - ki < window)
+                a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        x = x + F.dropout(self.self_out(self._merge(a)), self.dropout, self.training)
+        return x + self.ff(self.norm_ff(x))
+
+
+class ARTransformer(nn.Module):
+    def __init__(self, config: ARConfig, vocab_size: int):
+        super().__init__()
+        self.config = config
+        self.vocab_size = vocab_size
+        self.tok_emb = nn.Embedding(vocab_size, config.dim)
+        self.type_emb = nn.Embedding(TOKENS_PER_POINT + 1, config.dim)
+        self.blocks = nn.ModuleList(ARBlock(config) for _ in range(config.depth))
+        self.norm = nn.LayerNorm(config.dim)
+        self.head = nn.Linear(config.dim, vocab_size, bias=False)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+
+    def _embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        return self.tok_emb(tokens) + self.type_emb(token_types(positions))
+
+    def forward(self, tokens: Tensor, cond: Tensor, positions: Tensor | None = None,
+                cond_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Teacher-forced pass over a window: tokens (B, T) at positions (T,) (default 0..T-1)
+        -> (hidden (B, T, d) after the final norm, logits (B, T, vocab))."""
+        if positions is None:
+            positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self._embed(tokens, positions)
+        mask = None if cond_mask is None else cond_mask[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, positions, block.cross_keys(cond), mask, window=self.config.window)
+        h = self.norm(x)
+        return h, self.head(h)
+
+    # ----------------------------------------------------------------------------- generation
+    def new_cache(self, cond: Tensor, capacity: int | None = None) -> KVCache:
+        """Allocate the static cache once and compute every block's cross-attention keys."""
+        B = cond.shape[0]
+        capacity = capacity or (self.config.max_points * TOKENS_PER_POINT + 2)
+        hd = self.config.dim // self.config.heads
+        shape = (B, self.config.heads, capacity, hd)
+        k = [cond.new_zeros(shape) for _ in self.blocks]
+        v = [cond.new_zeros(shape) for _ in self.blocks]
+        cross = [block.cross_keys(cond) for block in self.blocks]
+        return KVCache(k, v, [c[0] for c in cross], [c[1] for c in cross])
+
+    def prefill(self, tokens: Tensor, cache: KVCache, cond_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Run a prompt (B, T) from position 0 into an empty cache; (hidden, logits) of every position."""
+        return self._step(tokens, cache, cond_mask)
+
+    def decode_one(self, token: Tensor, cache: KVCache, cond_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Feed one token (B,) at the cache's next position; (hidden (B, d), logits (B, vocab))."""
+        h, logits = self._step(token[:, None], cache, cond_mask)
+        return h[:, 0], logits[:, 0]
+
+    def _step(self, tokens: Tensor, cache: KVCache, cond_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        start, T = cache.length, tokens.shape[1]
+        if start + T > cache.capacity:
+            raise ValueError(f"KV cache full ({cache.capacity} tokens)")
+        positions = torch.arange(start, start + T, device=tokens.device)
+        x = self._embed(tokens, positions)
+        mask = None if cond_mask is None else cond_mask[:, None, None, :]
+        for i, block in enumerate(self.blocks):
+            x = block(x, positions, (cache.cross_k[i], cache.cross_v[i]), mask, cache=(cache.k[i], cache.v[i]),
+                      start=start, window=self.config.window)
+        cache.length = start + T
+        h = self.norm(x)
+        return h, self.head(h)

@@ -1,0 +1,44 @@
+"""The whole generator: conditioning encoders, the AR point transformer and the Gaussian decoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .ar_transformer import ARTransformer
+from .config import GeneratorConfig
+from .gaussian_decoder import GaussianDecoder
+from .image_encoder import ImageEncoder
+from .point_encoder import PointEncoder
+from .tokenizer import PointTokenizer
+
+
+class Generator(nn.Module):
+    def __init__(self, config: GeneratorConfig = GeneratorConfig()):
+        super().__init__()
+        self.config = config
+        self.tokenizer = PointTokenizer(config.tokenizer)
+        self.image_encoder = ImageEncoder(config.image)
+        self.point_encoder = PointEncoder(config.points)
+        d = config.ar.dim
+        self.image_proj = nn.Linear(config.image.dim, d)
+        self.point_proj = nn.Linear(config.points.dim, d)
+        self.source_emb = nn.Parameter(torch.zeros(2, d))  # which conditioning a token came from
+        nn.init.normal_(self.source_emb, std=0.02)
+        self.ar = ARTransformer(config.ar, self.tokenizer.vocab_size)
+        self.decoder = GaussianDecoder(config.decoder, config.tokenizer, d)
+
+    def condition(self, images: Tensor, head_points: Tensor, image_scale: float = 1.0) -> Tensor:
+        """images (B, 3, S, S) in [0, 1], head_points (B, M, 6) -> conditioning tokens (B, C, d).
+
+        `image_scale=0` zeroes the image features (the conditioning ablation).
+        """
+        img = self.image_proj(self.image_encoder(images)) * image_scale + self.source_emb[0]
+        pts = self.point_proj(self.point_encoder(head_points)) + self.source_emb[1]
+        return torch.cat([img, pts], dim=1)
+
+    def parameter_counts(self) -> dict[str, int]:
+        parts = {"image_encoder": self.image_encoder, "point_encoder": self.point_encoder, "ar": self.ar, "decoder": self.decoder}
+        counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        return counts
