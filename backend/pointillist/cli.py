@@ -144,6 +144,77 @@ def cmd_fit(args) -> None:
     print(json.dumps(summary))
 
 
+def _stage_progress():
+    """A tqdm bar per pipeline stage on stderr."""
+    from tqdm import tqdm
+
+    bars: dict = {}
+
+    def update(stage: str, fraction: float) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=100, desc=f"{stage:>10}", unit="%", file=sys.stderr, leave=False,
+                                     bar_format="{desc} {bar} {n:.0f}%", disable=None)  # None: off when not a TTY
+        bar.n = round(100 * fraction)
+        bar.refresh()
+        if fraction >= 1.0:
+            bar.close()
+
+    return update
+
+
+def _create_options(args):
+    from .pipeline import CreateOptions
+
+    options = CreateOptions(quality=args.quality, checkpoint=args.checkpoint, max_points=args.max_points,
+                            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                            refine_steps=args.refine_steps, device=args.device)
+    try:
+        options.validate()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return options
+
+
+def cmd_create(args) -> None:
+    from .pipeline import create_bundle
+
+    summary = create_bundle(args.portrait, args.output, _create_options(args), overwrite=args.overwrite,
+                            head=_load_head(args.head), progress=_stage_progress())
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(json.dumps(summary))
+
+
+def cmd_compare(args) -> None:
+    from .compare import comparison_sheet
+    from .preview import save_png
+
+    avatar, animator = _load_avatar_and_head(args.bundle, args.head)
+    save_png(comparison_sheet(avatar, animator.head, tile=args.tile), args.output)
+    print(json.dumps({"image": str(args.output)}))
+
+
+def cmd_train(args) -> None:
+    from .model.config import MODEL_PRESETS
+    from .train.train_generator import TrainConfig, Trainer
+
+    torch_threads(args.threads)
+    config = TrainConfig(stage=args.stage, data=args.data, output=args.output, init=args.init, steps=args.steps,
+                         batch_size=args.batch_size, lr=args.lr, seed=args.seed, save_every=args.save_every,
+                         render_size=args.render_size, dinov2_weights=args.dinov2_weights,
+                         model=MODEL_PRESETS[args.model_size])
+    Trainer(config, head=_load_head(args.head), log=lambda line: print(line, file=sys.stderr, flush=True)).run()
+    print(json.dumps({"checkpoint": args.output}))
+
+
+def torch_threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def cmd_head_contact_sheet(args) -> None:
     import numpy as np
 
@@ -217,6 +288,47 @@ def build_parser() -> argparse.ArgumentParser:
     head_option(p)
     p.set_defaults(func=cmd_synth)
 
+    p = sub.add_parser("create", help="portrait -> rigged Gaussian avatar bundle (the generator)")
+    p.add_argument("portrait", metavar="PORTRAIT", help="JPEG, PNG, WebP, TIFF or BMP")
+    p.add_argument("-o", "--output", required=True, metavar="BUNDLE", help="bundle folder, or a path ending in .zip")
+    p.add_argument("--quality", choices=["draft", "standard", "high"], default="standard",
+                   help="point budget and refine steps: draft 768/0, standard 1536/40, high 2048/150")
+    p.add_argument("--checkpoint", metavar="SAFETENSORS", help="generator weights (default: blender_assets/generator.safetensors)")
+    p.add_argument("--max-points", type=int, metavar="N", help="AR point budget (overrides the preset)")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--refine-steps", type=int, metavar="N", help="photometric refinement steps (overrides the preset)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    head_option(p)
+    p.set_defaults(func=cmd_create)
+
+    p = sub.add_parser("compare", help="aligned input beside front and three-quarter renders of a bundle")
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("-o", "--output", required=True, metavar="PNG")
+    p.add_argument("--tile", type=_size, default=256)
+    head_option(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("train", help="train the generator: `ar` first, then `decoder` (resumes where it stopped)")
+    p.add_argument("stage", choices=["ar", "decoder"])
+    p.add_argument("--data", required=True, metavar="DIR", help="a dataset from `pointillist dataset build`")
+    p.add_argument("-o", "--output", required=True, metavar="SAFETENSORS", help="checkpoint; its .train/.log.csv sidecars sit beside it")
+    p.add_argument("--init", metavar="SAFETENSORS", help="start from this checkpoint (the decoder stage needs the AR one)")
+    p.add_argument("--model-size", choices=["tiny", "cpu", "base"], default="cpu")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--render-size", type=int, default=64, help="decoder stage: training render size (pixels)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--dinov2-weights", metavar="PTH", help="Meta's DINOv2 ViT-S/B/L 14 weights: start the image encoder from them, frozen")
+    head_option(p)
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("fit", help="detect, align, matte and fit the head model to a portrait")
     p.add_argument("portrait", metavar="PORTRAIT", help="JPEG, PNG, WebP, TIFF or BMP")
     p.add_argument("-o", "--output", required=True, metavar="FIT_DIR", help="writes crop.png, matte.png, fit.json, overlay.png")
@@ -279,7 +391,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .avatar.gaussians import AvatarFormatError
     from .head.landmark_calibration import CalibrationError
 
-    errors += [AvatarFormatError, CalibrationError]
+    from .model.image_encoder import CheckpointError
+
+    errors += [AvatarFormatError, CalibrationError, CheckpointError]
     try:
         from .preprocess.decode import PortraitError
 

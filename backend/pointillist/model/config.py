@@ -107,3 +107,19 @@ def _build(cls, data: Any, where: str):
         else:
             kwargs[name] = type(default)(value)
     return cls(**kwargs)
+
+
+#: GeneratorConfig overrides by size: `tiny` for tests, `cpu` for the checkpoint trained on 2 cores,
+#: `base` for a GPU.
+MODEL_PRESETS: dict[str, dict[str, dict]] = {
+    "tiny": {"image": {"image_size": 56, "dim": 32, "depth": 1, "heads": 2},
+             "points": {"num_points": 32, "dim": 32, "depth": 1, "heads": 2},
+             "ar": {"dim": 32, "depth": 1, "heads": 2, "window": 128, "max_points": 256},
+             "decoder": {"dim": 32, "depth": 1, "heads": 2}},
+    "cpu": {"image": {"image_size": 168, "dim": 192, "depth": 6, "heads": 3},
+            "points": {"num_points": 256, "dim": 128, "depth": 2, "heads": 4},
+            "ar": {"dim": 192, "depth": 4, "heads": 6, "window": 1024, "max_points": 2048},
+            "decoder": {"dim": 160, "depth": 2, "heads": 4, "gaussians_per_point": 12, "child_radius": 0.012,
+                        "base_scale": 0.004}},
+    "base": {},
+}

@@ -1,0 +1,111 @@
+"""`pointillist create` end to end with a tiny generator on a generated portrait, and its refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pointillist.avatar.animate import AvatarAnimator
+from pointillist.avatar.bundle import read_bundle
+from pointillist.avatar.controls import FaceControls
+from pointillist.avatar.gaussians import validate_avatar
+from pointillist.cli import main
+from pointillist.model.checkpoint import save_generator
+from pointillist.model.config import MODEL_PRESETS, GeneratorConfig
+from pointillist.model.generator import Generator
+from pointillist.pipeline import Cancelled, CreateOptions, create_avatar
+from pointillist.preview import ViewSpec, render_frame
+from pointillist.synth.procedural import make_procedural_avatar
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, head):
+    import torch
+
+    torch.manual_seed(0)
+    base = GeneratorConfig().to_json()
+    for part, values in MODEL_PRESETS["tiny"].items():
+        base[part].update(values)
+    base["tokenizer"]["num_faces"] = head.num_faces
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_generator(path, Generator(GeneratorConfig.from_json(base)), {"name": "tiny random"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def portrait(tmp_path_factory, head):
+    avatar = make_procedural_avatar(4, head, hair_style="short")
+    image = render_frame(AvatarAnimator(avatar, head), FaceControls(), ViewSpec(yaw_deg=10, width=512, height=512, radius=0.7))
+    path = tmp_path_factory.mktemp("portrait") / "portrait.png"
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_create_writes_a_valid_rigged_bundle_and_a_comparison_sheet(tmp_path, tiny_checkpoint, portrait, head, capsys):
+    out = tmp_path / "avatar"
+    code = main(["create", str(portrait), "-o", str(out), "--checkpoint", str(tiny_checkpoint), "--max-points", "48",
+                 "--refine-steps", "2", "--seed", "3"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    avatar = read_bundle(out)
+    validate_avatar(avatar, num_faces=head.num_faces, num_vertices=head.num_vertices)
+    k = 8
+    assert 1 <= summary["points"] <= 48 and avatar.gaussians.num == summary["points"] * k
+    assert set(summary["seconds"]) >= {"understand", "fit", "encode", "generate", "decode", "refine", "bundle"}
+    assert avatar.source.image.shape == (512, 512, 3) and avatar.source.camera["width"] == 512
+    assert avatar.meta["creation_options"]["max_points"] == 48 and avatar.meta["refine_steps"] == 2
+    assert (out / "preview.png").exists()
+    # every Gaussian is bound to the triangle of the point it came from, at the closest point on it
+    assert np.all(avatar.binding.barycentrics >= -1e-6) and np.allclose(avatar.binding.barycentrics.sum(1), 1, atol=1e-5)
+    sheet = tmp_path / "sheet.png"
+    assert main(["compare", str(out), "-o", str(sheet), "--tile", "96"]) == 0
+    assert Image.open(sheet).size == (96 * 5, 96 + 22)
+
+
+def test_create_is_deterministic_for_a_seed(tiny_checkpoint, portrait, head):
+    options = CreateOptions(checkpoint=str(tiny_checkpoint), max_points=24, refine_steps=0, seed=7)
+    a = create_avatar(portrait, options, head=head).avatar
+    b = create_avatar(portrait, options, head=head).avatar
+    assert np.array_equal(a.gaussians.means, b.gaussians.means) and np.array_equal(a.binding.triangles, b.binding.triangles)
+
+
+def test_cancel_stops_between_stages_and_writes_nothing(tiny_checkpoint, portrait, head, tmp_path):
+    from pointillist.pipeline import create_bundle
+
+    seen = []
+
+    def progress(stage, fraction):
+        seen.append(stage)
+
+    with pytest.raises(Cancelled):
+        create_bundle(portrait, tmp_path / "out", CreateOptions(checkpoint=str(tiny_checkpoint), max_points=16),
+                      head=head, progress=progress, cancelled=lambda: "encode" in seen)
+    assert not (tmp_path / "out").exists() and "generate" not in seen
+
+
+@pytest.mark.parametrize("case", ["not-an-image", "missing-checkpoint", "corrupt-checkpoint", "bad-option", "no-face"])
+def test_bad_input_is_refused_cleanly(case, tmp_path, tiny_checkpoint, portrait, capsys):
+    args = [str(portrait), "-o", str(tmp_path / "out"), "--checkpoint", str(tiny_checkpoint), "--max-points", "8"]
+    expect = {"not-an-image": "not", "missing-checkpoint": "no such checkpoint", "corrupt-checkpoint": "bad.safetensors",
+              "bad-option": "temperature", "no-face": "no face"}[case]
+    if case == "not-an-image":
+        (tmp_path / "notes.png").write_text("hello")
+        args[0] = str(tmp_path / "notes.png")
+    elif case == "missing-checkpoint":
+        args[4] = str(tmp_path / "none.safetensors")
+    elif case == "corrupt-checkpoint":
+        (tmp_path / "bad.safetensors").write_bytes(tiny_checkpoint.read_bytes()[:1000])
+        args[4] = str(tmp_path / "bad.safetensors")
+    elif case == "bad-option":
+        args += ["--temperature", "-1"]
+    elif case == "no-face":
+        Image.fromarray(np.full((300, 300, 3), 128, np.uint8)).save(tmp_path / "wall.png")
+        args[0] = str(tmp_path / "wall.png")
+    assert main(["create", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expect in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
