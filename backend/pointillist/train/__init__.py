@@ -1,0 +1,1 @@
+"""Training: the synthetic dataset, training loops and evaluation."""

@@ -1,0 +1,140 @@
+"""`pointillist dataset …` commands; `cli.py` registers them with `add_dataset_commands(subparsers)`.
+
+Kept apart from `dataset.py` so `--help` does not import torch. The command functions raise
+`DatasetError` (a `ValueError`) for problems the user can fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+# option name -> DatasetConfig field
+_CONFIG_OPTIONS = {"subjects": "subjects", "views": "views", "image_size": "image_size", "ar_voxel": "ar_voxel_m",
+                   "seed": "seed", "shard_size": "shard_size"}
+
+
+def add_dataset_commands(subparsers) -> argparse.ArgumentParser:
+    """Register `dataset build|card|contact-sheet|verify` on the top-level subparsers; returns the `dataset` parser."""
+    ds = subparsers.add_parser("dataset", help="the sharded synthetic training set: build, summarise, inspect")
+    sub = ds.add_subparsers(dest="dataset_command", required=True, metavar="SUBCOMMAND")
+
+    p = sub.add_parser("build", help="build, resume or grow a dataset folder (shards + index.json)",
+                       description="Options left out come from the folder's index.json when it exists (so a bare "
+                                   "`dataset build -o DIR` resumes), otherwise from the defaults.")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.add_argument("--subjects", type=_positive_int, metavar="N", help="total subjects (default 1024; more grows an existing set)")
+    p.add_argument("--views", type=_positive_int, metavar="V", help="renders per subject (default 4; view 0 is the portrait)")
+    p.add_argument("--image-size", type=_positive_int, metavar="S", help="side of the stored renders (default 224)")
+    p.add_argument("--ar-voxel", type=_positive_float, metavar="M", help="AR target voxel edge in metres (default 0.010)")
+    p.add_argument("--seed", type=_non_negative_int, metavar="S", help="subject i is procedural seed S + i (default 0)")
+    p.add_argument("--shard-size", type=_positive_int, metavar="K", help="subjects per shard file (default 32)")
+    p.add_argument("--workers", type=_positive_int, default=1, metavar="W", help="shards built in parallel processes (default 1)")
+    p.set_defaults(func=cmd_dataset_build)
+
+    p = sub.add_parser("card", help="Markdown summary (splits, styles, AR points, Gaussians, beards) and one JSON line")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=cmd_dataset_card)
+
+    p = sub.add_parser("contact-sheet", help="a PNG grid of the subjects' portrait views")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("-o", "--output", required=True, metavar="PNG")
+    p.add_argument("-n", type=_positive_int, default=16, help="subjects (default 16)")
+    p.add_argument("--view", type=_non_negative_int, default=0, help="which view (default 0, the portrait)")
+    p.add_argument("--split", choices=["train", "heldout", "all"], default="all")
+    p.set_defaults(func=cmd_dataset_contact_sheet)
+
+    p = sub.add_parser("verify", help="check every shard's size, sha256 and layout against index.json")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=cmd_dataset_verify)
+    return ds
+
+
+def config_from_args(args: argparse.Namespace):
+    """DatasetConfig: the options given, the rest from DIR/index.json when it exists, else the defaults."""
+    from .dataset import INDEX_NAME, DatasetConfig, DatasetIndex
+
+    out = Path(args.output)
+    base = DatasetIndex.load(out).config if (out / INDEX_NAME).exists() else DatasetConfig()
+    changes = {field: getattr(args, opt) for opt, field in _CONFIG_OPTIONS.items() if getattr(args, opt, None) is not None}
+    return type(base)(**{**base.to_json(), **changes}).validate()
+
+
+def cmd_dataset_build(args: argparse.Namespace) -> dict:
+    from .dataset import build_dataset
+
+    config = config_from_args(args)
+    print(f"dataset {args.output}: {config.subjects} subjects in {config.num_shards} shards "
+          f"({config.views} views at {config.image_size}², AR voxel {config.ar_voxel_m} m)", file=sys.stderr)
+
+    def progress(p) -> None:
+        what = "kept (verified)" if p.kept else f"built in {p.seconds:.1f} s ({p.seconds / max(p.subjects, 1):.2f} s/subject)"
+        print(f"[{p.done}/{p.total}] {p.file}: {p.subjects} subjects {what}", file=sys.stderr, flush=True)
+
+    summary = build_dataset(args.output, config, workers=args.workers, progress=progress).to_json()
+    print(json.dumps(summary))
+    return summary
+
+
+def cmd_dataset_card(args: argparse.Namespace) -> dict:
+    from .dataset import card_markdown, dataset_card
+
+    card = dataset_card(args.dir)
+    print(card_markdown(card))
+    print()
+    print(json.dumps(card))
+    return card
+
+
+def cmd_dataset_contact_sheet(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    from ..atomic import atomic_write
+    from .dataset import contact_sheet
+
+    sheet = contact_sheet(args.dir, n=args.n, view=args.view, split=args.split)
+    atomic_write(args.output, lambda fh: Image.fromarray(sheet).save(fh, format="PNG"))
+    print(json.dumps({"output": str(args.output), "width": int(sheet.shape[1]), "height": int(sheet.shape[0])}))
+
+
+def cmd_dataset_verify(args: argparse.Namespace) -> None:
+    from .dataset import DatasetError, DatasetIndex, verify_dataset
+
+    problems = verify_dataset(args.dir)
+    index = DatasetIndex.load(args.dir)
+    print(json.dumps({"dir": str(args.dir), "shards": len(index.shards), "subjects": len(index.subjects), "problems": problems}))
+    if problems:
+        raise DatasetError(f"{len(problems)} damaged shard(s); the first: {problems[0]} (re-run `dataset build` to repair)")
