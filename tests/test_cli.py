@@ -112,9 +112,11 @@ def test_demo_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["avatars"]) >= 2
-    for name in ("head_contact_sheet.png", "fit/overlay.png", "fit/fit.json", "renders/overview.png", "preview_turntable.gif", "preview_talk.gif"):
+    for name in ("head_contact_sheet.png", "fit/overlay.png", "fit/fit.json", "renders/overview.png", "preview_turntable.gif", "preview_talk.gif",
+                 "create/astronaut/avatar.ply", "create/compare.png", "create/turntable.gif"):
         assert (out / name).is_file(), name
     assert Image.open(out / "preview_talk.gif").n_frames > 5
+    assert 1 <= summary["create"]["points"] <= 256 and summary["create"]["gaussians"] >= summary["create"]["points"]
 
 
 def test_fit_writes_crop_matte_fit_and_overlay(tmp_path):

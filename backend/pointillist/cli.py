@@ -208,6 +208,22 @@ def cmd_train(args) -> None:
     print(json.dumps({"checkpoint": args.output}))
 
 
+def cmd_evaluate(args) -> None:
+    from .atomic import atomic_write
+    from .train.evaluate import EvalConfig, evaluate, markdown
+
+    torch_threads(args.threads)
+    summary = evaluate(EvalConfig(checkpoint=args.checkpoint, data=args.data, split=args.split, subjects=args.subjects,
+                                  max_points=args.max_points, temperature=args.temperature),
+                       head=_load_head(args.head), log=lambda line: print(line, file=sys.stderr, flush=True))
+    table = markdown(summary)
+    print(table, file=sys.stderr)
+    if args.output:
+        atomic_write(args.output, lambda f: f.write(json.dumps(summary, indent=1).encode()))
+        atomic_write(Path(args.output).with_suffix(".md"), lambda f: f.write((table + "\n").encode()))
+    print(json.dumps({k: v for k, v in summary.items() if k != "rows"}))
+
+
 def torch_threads(n: int | None) -> None:
     if n:
         import torch
@@ -292,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("portrait", metavar="PORTRAIT", help="JPEG, PNG, WebP, TIFF or BMP")
     p.add_argument("-o", "--output", required=True, metavar="BUNDLE", help="bundle folder, or a path ending in .zip")
     p.add_argument("--quality", choices=["draft", "standard", "high"], default="standard",
-                   help="point budget and refine steps: draft 768/0, standard 1536/40, high 2048/150")
+                   help="point budget and refine steps: draft 1024/0, standard 2048/40, high 3072/150")
     p.add_argument("--checkpoint", metavar="SAFETENSORS", help="generator weights (default: blender_assets/generator.safetensors)")
     p.add_argument("--max-points", type=int, metavar="N", help="AR point budget (overrides the preset)")
     p.add_argument("--temperature", type=float, default=0.7)
@@ -311,6 +327,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=_size, default=256)
     head_option(p)
     p.set_defaults(func=cmd_compare)
+
+    from .train.dataset_cli import add_dataset_commands
+
+    add_dataset_commands(sub)
+
+    p = sub.add_parser("evaluate", help="held-out metrics of a generator checkpoint (AR loss with/without image, points, PSNR)")
+    p.add_argument("--checkpoint", required=True, metavar="SAFETENSORS")
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--split", choices=["heldout", "train"], default="heldout")
+    p.add_argument("--subjects", type=int, default=10)
+    p.add_argument("--max-points", type=int, default=2048)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--threads", type=int)
+    p.add_argument("-o", "--output", metavar="JSON", help="also write the summary (JSON) and its table (.md)")
+    head_option(p)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train the generator: `ar` first, then `decoder` (resumes where it stopped)")
     p.add_argument("stage", choices=["ar", "decoder"])
@@ -393,7 +425,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from .model.image_encoder import CheckpointError
 
-    errors += [AvatarFormatError, CalibrationError, CheckpointError]
+    from .train.dataset import DatasetError
+
+    errors += [AvatarFormatError, CalibrationError, CheckpointError, DatasetError]
     try:
         from .preprocess.decode import PortraitError
 

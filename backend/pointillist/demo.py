@@ -1,8 +1,8 @@
 """The main job on the bundled default (`./dev demo` → `pointillist demo -o out/demo`).
 
 Today: the head model's expression contact sheet, the bundled portrait fitted (crop, matte, fit, overlay),
-procedural avatars in every hair style, posed renders and animated previews. Later stages (generation,
-Blender import, render bridge, exports)
+the generator's avatar of that portrait (bundle, comparison sheet, turntable), procedural avatars in every
+hair style, posed renders and animated previews. Later stages (Blender import, render bridge, exports)
 append themselves to `STAGES`, so one command keeps running the whole product end to end.
 """
 
@@ -128,9 +128,31 @@ def stage_portrait_fit(ctx: DemoContext) -> None:
     ctx.results["fit"] = {k: summary[k] for k in ("fit_dir", "error_px", "error_iod", "head_angles_deg")}
 
 
+def stage_create(ctx: DemoContext) -> None:
+    """The generator on the bundled portrait: bundle, comparison sheet and turntable in out/demo/create/."""
+    from .avatar.animate import AvatarAnimator
+    from .avatar.bundle import read_bundle
+    from .compare import comparison_sheet
+    from .pipeline import CreateOptions, create_bundle
+    from .preview import ViewSpec, save_gif, save_png, turntable_frames
+
+    out = ctx.out / "create"
+    options = CreateOptions(quality="draft", max_points=256, refine_steps=4) if ctx.quick else CreateOptions()
+    summary = create_bundle(ctx.out / "portrait.jpg", out / "astronaut", options, overwrite=True, head=ctx.head)
+    avatar = read_bundle(out / "astronaut")
+    save_png(comparison_sheet(avatar, ctx.head, tile=192 if ctx.quick else 320), out / "compare.png")
+    size = 192 if ctx.quick else 320
+    frames = turntable_frames(AvatarAnimator(avatar, ctx.head), ViewSpec(width=size, height=size), frames=8 if ctx.quick else 36)
+    save_gif(frames, out / "turntable.gif", fps=12)
+    ctx.log(f"create: {summary['points']} points -> {summary['gaussians']} Gaussians in {summary['total_seconds']:.0f} s")
+    ctx.results["create"] = {"bundle": str(out / "astronaut"), "compare": str(out / "compare.png"),
+                             **{k: summary[k] for k in ("points", "gaussians", "seconds", "total_seconds")}}
+
+
 STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("head contact sheet", stage_contact_sheet),
     ("portrait fit", stage_portrait_fit),
+    ("avatar from the portrait", stage_create),
     ("procedural avatars", stage_avatars),
     ("posed renders", stage_renders),
     ("animated previews", stage_previews),

@@ -29,7 +29,7 @@ DEFAULT_CHECKPOINT = ASSETS / "generator.safetensors"
 MODEL_VERSION = "pointillist-generator/1"
 
 #: quality preset -> (point budget, refine steps)
-QUALITY = {"draft": (768, 0), "standard": (1536, 40), "high": (2048, 150)}
+QUALITY = {"draft": (1024, 0), "standard": (2048, 40), "high": (3072, 150)}
 STAGES = ("understand", "fit", "encode", "generate", "decode", "refine", "bundle")
 
 Progress = Callable[[str, float], None]  # (stage, fraction of that stage done)

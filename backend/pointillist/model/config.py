@@ -118,7 +118,7 @@ MODEL_PRESETS: dict[str, dict[str, dict]] = {
              "decoder": {"dim": 32, "depth": 1, "heads": 2}},
     "cpu": {"image": {"image_size": 168, "dim": 192, "depth": 6, "heads": 3},
             "points": {"num_points": 256, "dim": 128, "depth": 2, "heads": 4},
-            "ar": {"dim": 192, "depth": 4, "heads": 6, "window": 1024, "max_points": 2048},
+            "ar": {"dim": 192, "depth": 4, "heads": 6, "window": 1024, "max_points": 3072},
             "decoder": {"dim": 160, "depth": 2, "heads": 4, "gaussians_per_point": 12, "child_radius": 0.012,
                         "base_scale": 0.004}},
     "base": {},

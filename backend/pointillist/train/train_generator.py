@@ -276,9 +276,9 @@ class Trainer:
                 s = ssim(pred, target)
                 mk = (out.alpha - mask[0, 0]).abs().mean()
                 total = total + l1 + 0.5 * (1 - s) + 0.1 * mk
-                stats["l1"] += float(l1)
-                stats["ssim"] += float(s)
-                stats["mask"] += float(mk)
+                stats["l1"] += float(l1.detach())
+                stats["ssim"] += float(s.detach())
+                stats["mask"] += float(mk.detach())
             # 3D terms against the true Gaussians: cheap, strong signals while renders are small
             visible = r.opacity_logits > -3.0
             true_means = r.means[visible]
@@ -292,8 +292,8 @@ class Trainer:
             true_log_scale = torch.as_tensor(r.log_scales[visible][nearest])
             scale = (g.log_scales[0].sort(dim=-1).values - true_log_scale.sort(dim=-1).values).abs().mean()
             total = total + self.cfg.colour_weight * colour + self.cfg.chamfer_weight * chamfer + 0.1 * scale
-            stats["colour"] += float(colour)
-            stats["chamfer_cm"] += float(chamfer) / 2
+            stats["colour"] += float(colour.detach())
+            stats["chamfer_cm"] += float(chamfer.detach()) / 2
         n = len(records)
         views = n * min(self.cfg.views_per_step, len(records[0].images))
         return total / n, {k: v / (views if k in ("l1", "ssim", "mask") else n) for k, v in stats.items()}
