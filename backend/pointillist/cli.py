@@ -169,10 +169,7 @@ def _create_options(args):
     options = CreateOptions(quality=args.quality, checkpoint=args.checkpoint, max_points=args.max_points,
                             temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
                             refine_steps=args.refine_steps, device=args.device)
-    try:
-        options.validate()
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
+    options.validate()  # CreateError is a user error
     return options
 
 
@@ -425,9 +422,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from .model.image_encoder import CheckpointError
 
+    from .pipeline import CreateError
     from .train.dataset import DatasetError
 
-    errors += [AvatarFormatError, CalibrationError, CheckpointError, DatasetError]
+    errors += [AvatarFormatError, CalibrationError, CheckpointError, DatasetError, CreateError]
     try:
         from .preprocess.decode import PortraitError
 

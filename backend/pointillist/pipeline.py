@@ -39,6 +39,10 @@ class Cancelled(Exception):
     """The caller asked to stop."""
 
 
+class CreateError(ValueError):
+    """Options, device or checkpoint that cannot make an avatar; the message says what to change."""
+
+
 @dataclass
 class CreateOptions:
     quality: str = "standard"
@@ -52,6 +56,12 @@ class CreateOptions:
     device: str = "auto"
 
     def validate(self) -> None:
+        try:
+            self._validate()
+        except ValueError as exc:
+            raise CreateError(str(exc)) from None
+
+    def _validate(self) -> None:
         if self.quality not in QUALITY:
             raise ValueError(f"quality must be one of {sorted(QUALITY)}, got {self.quality!r}")
         if self.max_points is not None and not 1 <= self.max_points <= 8192:
@@ -95,7 +105,7 @@ class CreateResult:
 def resolve_device(device: str) -> torch.device:
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but CUDA is not available here")
+            raise CreateError("--device cuda was asked for but CUDA is not available here; use --device cpu or auto")
         return torch.device("cuda")
     return torch.device("cpu")
 
@@ -144,8 +154,8 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
     model, info = load_model(options.checkpoint, device)  # a bad checkpoint fails before any work
     head = head or HeadModel.load()
     if model.config.tokenizer.num_faces != head.num_faces:
-        raise ValueError(f"the checkpoint was trained for a head with {model.config.tokenizer.num_faces} triangles; "
-                         f"head model {head.model_id!r} has {head.num_faces}")
+        raise CreateError(f"the checkpoint was trained for a head with {model.config.tokenizer.num_faces} triangles; "
+                          f"head model {head.model_id!r} has {head.num_faces}: use a checkpoint trained on that head")
 
     stage("understand")
     inputs = understand_portrait(portrait)
@@ -216,7 +226,6 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
 
         avatar = refine_avatar(avatar, head, options.steps, progress=lambda f: report("refine", f), cancelled=check)
     done("refine")
-    seconds.pop("bundle", None)
     return CreateResult(avatar=avatar, seconds=seconds, points=len(gen.binding), gaussians=gaussians.num,
                         warnings=list(inputs.warnings), fit_error_iod=fit.error_iod)
 

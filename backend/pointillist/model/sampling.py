@@ -104,9 +104,12 @@ class Grammar:
         return m
 
 
-def filter_logits(logits: Tensor, allowed: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:
+def filter_logits(logits: Tensor, allowed: Tensor | None, temperature: float, top_k: int, top_p: float) -> Tensor:
     """Masked, temperature-scaled logits with top-k / nucleus filtering (-inf where excluded)."""
-    logits = logits.masked_fill(~allowed, float("-inf"))
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    else:
+        allowed = torch.isfinite(logits)
     if temperature <= 0:
         return logits
     logits = logits / temperature
@@ -135,27 +138,30 @@ def generate(model: ARTransformer, tokenizer: PointTokenizer, cond: Tensor, opti
     cache = model.new_cache(cond, capacity=max_points * TOKENS_PER_POINT + 2)
     tokens = [tokenizer.start]
     hidden: list[Tensor] = []
-    h, logits = model.prefill(torch.tensor([[tokenizer.start]], device=cond.device), cache, cond_mask)
-    logits = logits[:, -1]
+    h, _ = model.prefill(torch.tensor([[tokenizer.start]], device=cond.device), cache, cond_mask)
+    h = h[:, -1]
     ended = False
     while True:
-        allowed = grammar.mask(model.vocab_size, cond.device)
-        filtered = filter_logits(logits[0].float(), allowed, options.temperature, options.top_k, options.top_p)
+        # only the logits the grammar allows: the slot's range, plus END at a point boundary
+        lo, hi, end_ok = grammar.allowed()
+        candidates = model.logits_slice(h[0], lo, hi) if hi > lo else h.new_zeros(0)
+        if end_ok:
+            candidates = torch.cat([candidates, model.logits_slice(h[0], tokenizer.end, tokenizer.end + 1)])
+        filtered = filter_logits(candidates.float(), None, options.temperature, options.top_k, options.top_p)
         if options.temperature <= 0:
-            token = int(torch.argmax(filtered))
+            choice = int(torch.argmax(filtered))
         else:
-            token = int(torch.multinomial(torch.softmax(filtered, -1).cpu(), 1, generator=gen))
+            choice = int(torch.multinomial(torch.softmax(filtered, -1).cpu(), 1, generator=gen))
+        token = lo + choice if choice < hi - lo else tokenizer.end
         tokens.append(token)
         if grammar.push(token):
             ended = True
             break
+        h = model.decode_hidden(torch.tensor([token], device=cond.device), cache, cond_mask)
+        hidden.append(h[0])
         if grammar.points >= max_points and not grammar.cur:  # budget reached: END is the only choice left
             tokens.append(tokenizer.end)
-            h, _ = model.decode_one(torch.tensor([token], device=cond.device), cache, cond_mask)
-            hidden.append(h[0])
             break
-        h, logits = model.decode_one(torch.tensor([token], device=cond.device), cache, cond_mask)
-        hidden.append(h[0])
         if not grammar.cur and progress is not None:
             progress(grammar.points, max_points)
         if cancelled is not None and len(tokens) % 64 == 0 and cancelled():
