@@ -23,8 +23,9 @@ from .avatar.gaussians import Avatar, Binding, Gaussians
 from .head.model import HeadModel
 from .render.rasterize import rasterize
 from .render.sh import SH_C0
+from .train.losses import ssim
 
-REFINE_SIZE = 192  # pixels: enough for colour, cheap enough for a CPU
+REFINE_SIZE = 128  # pixels: enough for colour, cheap enough for a CPU
 MAX_OFFSET = 0.004  # metres
 
 
@@ -69,7 +70,8 @@ def refine_avatar(avatar: Avatar, head: HeadModel, steps: int, *, lr: float = 0.
         out = rasterize(means, quats, scales, torch.sigmoid(opacity), viewmat=viewmat, K=K, width=REFINE_SIZE,
                         height=REFINE_SIZE, colors=colours, background=bg, backend="torch")
         pred = out.rgb.permute(2, 0, 1)
-        loss = ((pred - target).abs().mean(0) * (0.25 + matte)).mean() + 0.1 * (out.alpha - matte).abs().mean()
+        loss = (((pred - target).abs().mean(0) * (0.25 + matte)).mean() + 0.2 * (1 - ssim(pred[None], target[None]))
+                + 0.1 * (out.alpha - matte).abs().mean())
         if step == 0:
             dc.grad = None
         loss_sym = symmetry * ((colours - colours[mirror].detach()).abs().sum(1) * (1 - seen)).mean()

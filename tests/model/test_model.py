@@ -148,6 +148,13 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path):
     assert info == {"steps": 3} and read_generator_info(path)[0] == model.config
     for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), k
+    assert loaded.ar.head.weight is loaded.ar.tok_emb.weight  # tying survives the round trip
+    half = tmp_path / "half.safetensors"
+    save_generator(half, model, dtype=torch.float16)
+    small, _ = load_generator(half)
+    assert half.stat().st_size < 0.6 * path.stat().st_size
+    for (k, a), b in zip(model.state_dict().items(), small.state_dict().values()):
+        assert b.dtype == torch.float32 and torch.allclose(a, b, atol=1e-3, rtol=1e-3), k
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_generator(tmp_path / "missing.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)

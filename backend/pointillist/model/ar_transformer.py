@@ -132,6 +132,8 @@ class ARTransformer(nn.Module):
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, std=0.02)
+        if config.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
 
     def _embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
         return self.tok_emb(tokens) + self.type_emb(token_types(positions))

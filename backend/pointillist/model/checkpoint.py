@@ -20,11 +20,19 @@ from .image_encoder import CheckpointError
 FORMAT = "pointillist-generator/1"
 
 
-def save_generator(path: str | os.PathLike, model: Generator, info: dict | None = None) -> None:
-    """Write weights + config (+ JSON-serialisable `info`: training command, steps, losses)."""
+TIED = {"ar.head.weight": "ar.tok_emb.weight"}  # stored once; restored by the model's own tying
+
+
+def save_generator(path: str | os.PathLike, model: Generator, info: dict | None = None,
+                   dtype: torch.dtype = torch.float32) -> None:
+    """Write weights + config (+ JSON-serialisable `info`: training command, steps, losses).
+
+    `dtype=torch.float16` halves the file for shipping; loading always gives float32 weights.
+    """
     from safetensors.torch import save
 
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items() if not (k in TIED and model.config.ar.tie_embeddings)}
     meta = {"format": FORMAT, "config": json.dumps(model.config.to_json()), "info": json.dumps(info or {})}
     payload = save(state, metadata=meta)
     atomic_write(path, lambda f: f.write(payload))
@@ -46,10 +54,12 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
     model = Generator(config)
     state = load_file(str(path), device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False)
+    if config.ar.tie_embeddings:
+        missing = [k for k in missing if k not in TIED]
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the config (missing {sorted(missing)[:4]}, "
                               f"unexpected {sorted(unexpected)[:4]})")
-    bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{path}: non-finite values in {bad[:4]}")
     return model.to(device).eval(), json.loads(meta.get("info", "{}"))

@@ -55,6 +55,7 @@ class ARConfig:
     window: int = 2048  # tokens of causal context (training windows and the decode-time sliding window)
     max_points: int = 2048  # the KV cache is sized for this many points (4 tokens each) + start/end
     dropout: float = 0.0
+    tie_embeddings: bool = True  # output head shares the token embedding (GPT-2 style): 1/3 fewer AR weights
 
 
 @dataclass
