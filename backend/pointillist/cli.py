@@ -221,6 +221,37 @@ def cmd_evaluate(args) -> None:
     print(json.dumps({k: v for k, v in summary.items() if k != "rows"}))
 
 
+def cmd_checkpoint_pack(args) -> None:
+    from .model.checkpoint import load_generator, save_generator
+
+    model, info = load_generator(args.checkpoint)
+    if args.name:
+        info["name"] = args.name
+    save_generator(args.output, model, info, dtype=torch_dtype(args.dtype))
+    print(json.dumps({"checkpoint": str(args.output), "bytes": Path(args.output).stat().st_size, **model.parameter_counts()}))
+
+
+def cmd_checkpoint_info(args) -> None:
+    from .model.checkpoint import read_generator_info
+
+    config, info = read_generator_info(args.checkpoint)
+    print(json.dumps({"config": config.to_json(), "info": info}, indent=1))
+
+
+def cmd_train_curves(args) -> None:
+    from .preview import save_png
+    from .train.curves import loss_curves
+
+    save_png(loss_curves(args.logs), args.output)
+    print(json.dumps({"image": str(args.output)}))
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16}[name]
+
+
 def torch_threads(n: int | None) -> None:
     if n:
         import torch
@@ -328,6 +359,21 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.dataset_cli import add_dataset_commands
 
     add_dataset_commands(sub)
+
+    ckpt = sub.add_parser("checkpoint", help="generator checkpoint tools").add_subparsers(dest="checkpoint_command", required=True, metavar="SUBCOMMAND")
+    p = ckpt.add_parser("pack", help="rewrite a checkpoint for shipping (float16 halves it; loads as float32)")
+    p.add_argument("checkpoint", metavar="SAFETENSORS")
+    p.add_argument("-o", "--output", required=True, metavar="SAFETENSORS")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--name", help="a name stored in the checkpoint's info")
+    p.set_defaults(func=cmd_checkpoint_pack)
+    p = ckpt.add_parser("info", help="print a checkpoint's config and training info")
+    p.add_argument("checkpoint", metavar="SAFETENSORS")
+    p.set_defaults(func=cmd_checkpoint_info)
+    p = ckpt.add_parser("curves", help="loss curves (PNG) from training logs (<checkpoint>.log.csv)")
+    p.add_argument("logs", nargs="+", metavar="CSV")
+    p.add_argument("-o", "--output", required=True, metavar="PNG")
+    p.set_defaults(func=cmd_train_curves)
 
     p = sub.add_parser("evaluate", help="held-out metrics of a generator checkpoint (AR loss with/without image, points, PSNR)")
     p.add_argument("--checkpoint", required=True, metavar="SAFETENSORS")

@@ -83,3 +83,19 @@ def test_train_cli_writes_a_checkpoint_that_create_can_load(data, tmp_path, caps
     assert code == 0 and json.loads(capsys.readouterr().out)["checkpoint"] == str(out)
     model, info = load_generator(out)
     assert info["ar"]["config"]["steps"] == 2 and model.config.ar.dim == 32
+
+
+def test_checkpoint_pack_info_and_loss_curves(data, tmp_path, capsys):
+    out = tmp_path / "ar.safetensors"
+    _train(data, out, "ar", 3)
+    packed = tmp_path / "packed.safetensors"
+    assert main(["checkpoint", "pack", str(out), "-o", str(packed), "--name", "test"]) == 0
+    assert packed.stat().st_size < 0.6 * out.stat().st_size
+    capsys.readouterr()
+    assert main(["checkpoint", "info", str(packed)]) == 0
+    assert json.loads(capsys.readouterr().out)["info"]["name"] == "test"
+    png = tmp_path / "curves.png"
+    assert main(["checkpoint", "curves", str(sidecar(out, ".log.csv")), "-o", str(png)]) == 0
+    from PIL import Image
+
+    assert Image.open(png).size == (520, 300)
