@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -115,11 +117,28 @@ class ARBlock(nn.Module):
         return x + self.ff(self.norm_ff(x))
 
 
+def sinusoid(values: Tensor, dim: int, max_frequency: float) -> Tensor:
+    """(N,) values in [0, 1] -> (N, dim) sin/cos features at geometric frequencies 1..max_frequency."""
+    half = dim // 2
+    freqs = max_frequency ** (torch.arange(half, dtype=torch.float32) / max(1, half - 1))
+    ang = 2 * math.pi * values[:, None].float() * freqs
+    out = torch.cat([ang.sin(), ang.cos()], dim=1)
+    return F.pad(out, (0, dim - out.shape[1]))
+
+
 class ARTransformer(nn.Module):
-    def __init__(self, config: ARConfig, vocab_size: int):
+    def __init__(self, config: ARConfig, vocab_size: int, levels: int = 1024,
+                 box: tuple[tuple[float, ...], tuple[float, ...]] = ((-1.0,) * 3, (1.0,) * 3)):
         super().__init__()
         self.config = config
         self.vocab_size = vocab_size
+        self.levels = levels
+        self.num_faces = vocab_size - levels - 3
+        self.register_buffer("box_min", torch.tensor(box[0], dtype=torch.float32), persistent=False)
+        self.register_buffer("box_max", torch.tensor(box[1], dtype=torch.float32), persistent=False)
+        #: triangle centroids of the head template in head space; saved with the weights (set_triangles)
+        self.register_buffer("triangle_centroids", torch.zeros(self.num_faces, 3))
+        self.pe_gain = nn.Parameter(torch.tensor(0.03))
         self.tok_emb = nn.Embedding(vocab_size, config.dim)
         self.type_emb = nn.Embedding(TOKENS_PER_POINT + 1, config.dim)
         self.blocks = nn.ModuleList(ARBlock(config) for _ in range(config.depth))
@@ -135,8 +154,39 @@ class ARTransformer(nn.Module):
         if config.tie_embeddings:
             self.head.weight = self.tok_emb.weight
 
+    def set_triangles(self, centroids: Tensor) -> None:
+        """Give the binding tokens their triangles' centroids (F, 3), metres in head space."""
+        if centroids.shape != self.triangle_centroids.shape:
+            raise ValueError(f"expected {tuple(self.triangle_centroids.shape)} centroids, got {tuple(centroids.shape)}")
+        with torch.no_grad():
+            self.triangle_centroids.copy_(centroids)
+
+    def meaning_features(self) -> Tensor:
+        """(vocab, dim) fixed features of what each token stands for (zeros for START/END/PAD)."""
+        d = self.config.dim
+        coords = sinusoid(torch.arange(self.levels, device=self.pe_gain.device) / self.levels, d, self.levels / 4)
+        unit = (self.triangle_centroids - self.box_min) / (self.box_max - self.box_min)
+        third = d // 3
+        tri = torch.cat([sinusoid(unit[:, a], third, 64.0) for a in range(3)], dim=1)
+        tri = F.pad(tri, (0, d - tri.shape[1]))
+        return torch.cat([coords, tri, coords.new_zeros(3, d)], dim=0)
+
+    def embedding_matrix(self) -> Tensor:
+        """The effective token embedding (and, tied, output head) rows."""
+        if not self.config.position_features:
+            return self.tok_emb.weight
+        return self.tok_emb.weight + self.pe_gain * self.meaning_features()
+
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        return F.embedding(tokens, self.embedding_matrix())
+
+    def output_logits(self, hidden: Tensor) -> Tensor:
+        if self.config.tie_embeddings:
+            return F.linear(hidden, self.embedding_matrix())
+        return self.head(hidden)
+
     def _embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        return self.tok_emb(tokens) + self.type_emb(token_types(positions))
+        return self.embed_tokens(tokens) + self.type_emb(token_types(positions))
 
     def forward(self, tokens: Tensor, cond: Tensor, positions: Tensor | None = None,
                 cond_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -149,7 +199,7 @@ class ARTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, positions, block.cross_keys(cond), mask, window=self.config.window)
         h = self.norm(x)
-        return h, self.head(h)
+        return h, self.output_logits(h)
 
     # ----------------------------------------------------------------------------- generation
     def new_cache(self, cond: Tensor, capacity: int | None = None) -> KVCache:
@@ -178,7 +228,8 @@ class ARTransformer(nn.Module):
 
     def logits_slice(self, hidden: Tensor, lo: int, hi: int) -> Tensor:
         """Logits of tokens lo..hi-1 only (B, hi - lo): a quarter of the steps need 1/9 of the head."""
-        return F.linear(hidden, self.head.weight[lo:hi])
+        weight = self.embedding_matrix()[lo:hi] if self.config.tie_embeddings else self.head.weight[lo:hi]
+        return F.linear(hidden, weight)
 
     def _step(self, tokens: Tensor, cache: KVCache, cond_mask: Tensor | None, head: bool = True) -> tuple[Tensor, Tensor | None]:
         start, T = cache.length, tokens.shape[1]
@@ -192,4 +243,4 @@ class ARTransformer(nn.Module):
                       start=start, window=self.config.window)
         cache.length = start + T
         h = self.norm(x)
-        return h, (self.head(h) if head else None)
+        return h, (self.output_logits(h) if head else None)

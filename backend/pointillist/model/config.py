@@ -56,6 +56,9 @@ class ARConfig:
     max_points: int = 2048  # the KV cache is sized for this many points (4 tokens each) + start/end
     dropout: float = 0.0
     tie_embeddings: bool = True  # output head shares the token embedding (GPT-2 style): 1/3 fewer AR weights
+    #: add fixed sinusoidal features of what a token means (a coordinate's value, a triangle's centroid)
+    #: to its embedding row, so neighbouring values start out alike in both the input and the output head
+    position_features: bool = True
 
 
 @dataclass

@@ -25,7 +25,8 @@ class Generator(nn.Module):
         self.point_proj = nn.Linear(config.points.dim, d)
         self.source_emb = nn.Parameter(torch.zeros(2, d))  # which conditioning a token came from
         nn.init.normal_(self.source_emb, std=0.02)
-        self.ar = ARTransformer(config.ar, self.tokenizer.vocab_size)
+        t = config.tokenizer
+        self.ar = ARTransformer(config.ar, self.tokenizer.vocab_size, t.levels, (t.box_min, t.box_max))
         self.decoder = GaussianDecoder(config.decoder, config.tokenizer, d)
 
     def condition(self, images: Tensor, head_points: Tensor, image_scale: float = 1.0) -> Tensor:

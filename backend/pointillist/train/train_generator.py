@@ -106,6 +106,7 @@ class Trainer:
         base["tokenizer"]["num_faces"] = self.head.data.num_faces
         base["head_model_id"] = self.head.model_id
         model = Generator(GeneratorConfig.from_json(base))
+        model.ar.set_triangles(torch.as_tensor(self.head.data.vertices[self.head.data.faces].mean(1)))
         if cfg.dinov2_weights:
             from ..model.image_encoder import load_dinov2_weights
 
@@ -215,12 +216,12 @@ class Trainer:
         ar = self.model.ar
         from ..model.ar_transformer import token_types
 
-        x = ar.tok_emb(tokens) + ar.type_emb(token_types(true_positions))
+        x = ar.embed_tokens(tokens) + ar.type_emb(token_types(true_positions))
         positions = torch.arange(tokens.shape[1])
         for block in ar.blocks:
             x = block(x, positions, block.cross_keys(cond), None, window=ar.config.window)
         h = ar.norm(x)
-        return h, ar.head(h)
+        return h, ar.output_logits(h)
 
     def teacher_forced_hidden(self, seq: np.ndarray, cond: torch.Tensor) -> torch.Tensor:
         """Last hidden states (P, 4, d) of every point's tokens, over windows that overlap by half."""
