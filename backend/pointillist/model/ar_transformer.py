@@ -162,7 +162,15 @@ class ARTransformer(nn.Module):
             self.triangle_centroids.copy_(centroids)
 
     def meaning_features(self) -> Tensor:
-        """(vocab, dim) fixed features of what each token stands for (zeros for START/END/PAD)."""
+        """(vocab, dim) fixed features of what each token stands for (zeros for START/END/PAD); cached."""
+        key = (self.triangle_centroids._version, self.triangle_centroids.data_ptr())
+        if getattr(self, "_features_key", None) != key:
+            with torch.no_grad():
+                self._features = self._meaning_features()
+            self._features_key = key
+        return self._features
+
+    def _meaning_features(self) -> Tensor:
         d = self.config.dim
         coords = sinusoid(torch.arange(self.levels, device=self.pe_gain.device) / self.levels, d, self.levels / 4)
         unit = (self.triangle_centroids - self.box_min) / (self.box_max - self.box_min)
@@ -175,7 +183,15 @@ class ARTransformer(nn.Module):
         """The effective token embedding (and, tied, output head) rows."""
         if not self.config.position_features:
             return self.tok_emb.weight
-        return self.tok_emb.weight + self.pe_gain * self.meaning_features()
+        features = self.meaning_features()
+        if torch.is_grad_enabled():
+            return self.tok_emb.weight + self.pe_gain * features
+        # decoding: one sum per weight update, not one per token
+        key = (self.tok_emb.weight._version, self.tok_emb.weight.data_ptr(), self.pe_gain._version, self._features_key)
+        if getattr(self, "_matrix_key", None) != key:
+            self._matrix = self.tok_emb.weight + self.pe_gain * features
+            self._matrix_key = key
+        return self._matrix
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
         return F.embedding(tokens, self.embedding_matrix())
