@@ -48,7 +48,7 @@ class CreateOptions:
     quality: str = "standard"
     checkpoint: str | None = None
     max_points: int | None = None  # default: the quality preset's
-    temperature: float = 0.7
+    temperature: float = 0.5
     top_p: float = 0.95
     top_k: int = 0
     seed: int = 0

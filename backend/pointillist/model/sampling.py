@@ -27,7 +27,7 @@ class Cancelled(Exception):
 
 @dataclass
 class SamplingOptions:
-    temperature: float = 0.7
+    temperature: float = 0.5
     top_k: int = 0  # 0: off
     top_p: float = 0.95  # 1: off
     max_points: int = 1024

@@ -38,7 +38,7 @@ class EvalConfig:
     split: str = "heldout"
     subjects: int = 10
     max_points: int = 2048
-    temperature: float = 0.7
+    temperature: float = 0.5
     render_size: int = 128
     seed: int = 0
 
