@@ -206,7 +206,8 @@ class ARTransformer(nn.Module):
 
     def forward(self, tokens: Tensor, cond: Tensor, positions: Tensor | None = None,
                 cond_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Teacher-forced pass over a window: tokens (B, T) at positions (T,) (default 0..T-1)
+        """Teacher-forced pass over a window: tokens (B, T) at positions (T,) or (B, T) (default 0..T-1;
+        a window cut from inside a sequence passes its true positions, which set the slot types)
         -> (hidden (B, T, d) after the final norm, logits (B, T, vocab))."""
         if positions is None:
             positions = torch.arange(tokens.shape[1], device=tokens.device)

@@ -29,6 +29,7 @@ from ..model.sampling import SamplingOptions, generate
 from ..render.rasterize import rasterize
 from ..render.sh import SH_C0
 from .losses import psnr
+from .train_generator import conditioning_inputs, teacher_forced_hidden, windowed_passes
 
 
 @dataclass
@@ -76,17 +77,11 @@ def _template_points(head: HeadModel, shape: np.ndarray) -> tuple[np.ndarray, np
 
 def evaluate(config: EvalConfig, head: HeadModel | None = None, log=print) -> dict:
     from .dataset import SubjectDataset
-    from .train_generator import TrainConfig, Trainer
 
     head = head or HeadModel.load()
     model, info = load_generator(config.checkpoint)
     data = SubjectDataset(config.data, config.split)
-    # the trainer's batching/teacher-forcing helpers, without training anything
-    trainer = Trainer.__new__(Trainer)
-    trainer.cfg = TrainConfig(stage="decoder", data=config.data, output="")
-    trainer.model, trainer.head = model, head
-    trainer.sampler = SurfaceSampler(head.data, model.config.points.num_points, seed=0)
-    trainer.rng = np.random.default_rng(config.seed)
+    sampler = SurfaceSampler(head.data, model.config.points.num_points, seed=0)
     order = np.random.default_rng(config.seed).permutation(len(data))
     by_style: dict[str, list[int]] = defaultdict(list)
     rows = []
@@ -96,11 +91,10 @@ def evaluate(config: EvalConfig, head: HeadModel | None = None, log=print) -> di
             continue
         by_style[r.style].append(int(i))
         with torch.no_grad():
-            trainer.rng = np.random.default_rng(config.seed)
-            images, points = trainer.conditioning_inputs([r])
+            images, points = conditioning_inputs(model, head, sampler, [r])
             cond = model.condition(images, points)
-            ar_loss = float(_full_ar_loss(trainer, r, cond))
-            ar_loss_blind = float(_full_ar_loss(trainer, r, model.condition(images, points, image_scale=0.0)))
+            ar_loss = float(_full_ar_loss(model, r, cond))
+            ar_loss_blind = float(_full_ar_loss(model, r, model.condition(images, points, image_scale=0.0)))
             gen = generate(model.ar, model.tokenizer, cond, SamplingOptions(temperature=config.temperature, max_points=config.max_points, seed=config.seed))
             decoded = model.decoder(torch.as_tensor(gen.points)[None], gen.hidden[None])
             truth = cKDTree(r.ar_points)
@@ -111,7 +105,7 @@ def evaluate(config: EvalConfig, head: HeadModel | None = None, log=print) -> di
             # template-positions ablation
             tpts, tbind = _template_points(head, r.shape)
             enc = model.tokenizer.encode(tpts, tbind)
-            hidden = trainer.teacher_forced_hidden(enc.tokens, cond)
+            hidden = teacher_forced_hidden(model, enc.tokens, cond)
             ablation = model.decoder(torch.as_tensor(enc.points)[None], hidden[None])
             full = r.images.shape[1]
             p_gen, p_tpl = [], []
@@ -132,23 +126,13 @@ def evaluate(config: EvalConfig, head: HeadModel | None = None, log=print) -> di
     return summarize(rows, config, info)
 
 
-def _full_ar_loss(trainer, record, cond) -> torch.Tensor:
-    """Teacher-forced cross-entropy over the whole sequence (windows overlapping by half)."""
-    model = trainer.model
+def _full_ar_loss(model, record, cond) -> torch.Tensor:
+    """Teacher-forced cross-entropy over the whole sequence."""
     seq = model.tokenizer.encode(record.ar_points, record.ar_binding).tokens
-    window = model.config.ar.window
-    tokens, targets = torch.as_tensor(seq[:-1]), torch.as_tensor(seq[1:])
-    n = len(tokens)
-    losses = torch.empty(n)
-    done, start = 0, 0
-    while done < n:
-        end = min(n, start + window)
-        _, logits = trainer._forward_with_positions(tokens[None, start:end], cond, torch.arange(start, end)[None])
-        losses[done:end] = F.cross_entropy(logits[0, done - start:], targets[done:end], reduction="none")
-        done = end
-        start = max(0, end - window // 2)
-        start = start if start == 0 else 1 + 4 * ((start - 1) // 4)
-    return losses.mean()
+    targets = torch.as_tensor(seq[1:])
+    losses = [F.cross_entropy(logits, targets[first:last], reduction="sum")
+              for first, last, _, logits in windowed_passes(model, torch.as_tensor(seq[:-1]), cond)]
+    return torch.stack(losses).sum() / len(targets)
 
 
 def summarize(rows: list[dict], config: EvalConfig, info: dict) -> dict:

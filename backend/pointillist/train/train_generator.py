@@ -34,6 +34,7 @@ from ..model.config import GeneratorConfig
 from ..model.generator import Generator
 from ..model.point_encoder import SurfaceSampler
 from ..render.rasterize import rasterize
+from ..render.sh import SH_C0
 from .losses import ssim
 
 STAGES = ("ar", "decoder")
@@ -172,15 +173,7 @@ class Trainer:
         return [self.data[int(i)] for i in idx]
 
     def conditioning_inputs(self, records: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images (B, 3, S, S), head points (B, M, 6)) from each subject's portrait view (view 0)."""
-        size = self.model.config.image.image_size
-        images = torch.stack([torch.as_tensor(r.images[0]).permute(2, 0, 1).float() / 255 for r in records])
-        if images.shape[-1] != size:
-            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        shapes = torch.as_tensor(np.stack([r.shape for r in records]), dtype=torch.float32)
-        with torch.no_grad():
-            points = self.sampler(self.head.identity_vertices(shapes))
-        return images, points
+        return conditioning_inputs(self.model, self.head, self.sampler, records)
 
     def ar_loss(self, records: list, image_scale: float = 1.0) -> torch.Tensor:
         m = self.model
@@ -206,41 +199,12 @@ class Trainer:
         tgt = torch.full((len(records), T), -100, dtype=torch.long)
         for i, (a, b) in enumerate(zip(inputs, targets)):
             tok[i, : len(a)], tgt[i, : len(b)] = a, b
-        # positions differ per sample only by an offset: rotary attention is relative, so a shared
-        # 0..T-1 is equivalent; slot types come from the true positions
-        types_from = torch.stack([torch.nn.functional.pad(p, (0, T - len(p)), value=1) for p in positions])
-        _, logits = self._forward_with_positions(tok, cond, types_from)
+        pos = torch.stack([torch.arange(int(p[0]), int(p[0]) + T) for p in positions])  # padding runs on; its targets are ignored
+        _, logits = m.ar(tok, cond, positions=pos)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100)
 
-    def _forward_with_positions(self, tokens: torch.Tensor, cond: torch.Tensor, true_positions: torch.Tensor):
-        ar = self.model.ar
-        from ..model.ar_transformer import token_types
-
-        x = ar.embed_tokens(tokens) + ar.type_emb(token_types(true_positions))
-        positions = torch.arange(tokens.shape[1])
-        for block in ar.blocks:
-            x = block(x, positions, block.cross_keys(cond), None, window=ar.config.window)
-        h = ar.norm(x)
-        return h, ar.output_logits(h)
-
     def teacher_forced_hidden(self, seq: np.ndarray, cond: torch.Tensor) -> torch.Tensor:
-        """Last hidden states (P, 4, d) of every point's tokens, over windows that overlap by half."""
-        m = self.model
-        window = m.config.ar.window
-        tokens = torch.as_tensor(seq[:-1])
-        n = len(tokens)
-        hidden = torch.empty(n, m.config.ar.dim)
-        done = 0
-        start = 0
-        while done < n:
-            end = min(n, start + window)
-            h, _ = self._forward_with_positions(tokens[None, start:end], cond, torch.arange(start, end)[None])
-            hidden[done:end] = h[0, done - start:]
-            done = end
-            start = max(0, end - window // 2)
-            start = start if start == 0 else 1 + 4 * ((start - 1) // 4)
-        P = (n - 1) // 4
-        return hidden[1:1 + 4 * P].reshape(P, 4, -1)
+        return teacher_forced_hidden(self.model, seq, cond)
 
     def decoder_loss(self, records: list) -> tuple[torch.Tensor, dict]:
         m = self.model
@@ -257,7 +221,7 @@ class Trainer:
             g = m.decoder(pts[None], hidden[None])
             means, quats = g.means[0], g.quats[0]
             scales, opac = g.log_scales[0].exp(), torch.sigmoid(g.opacity_logits[0])
-            colours = (0.5 + 0.28209479177387814 * g.sh_dc[0]).clamp_min(0)
+            colours = (0.5 + SH_C0 * g.sh_dc[0]).clamp_min(0)
             views = self.rng.choice(len(r.images), size=min(self.cfg.views_per_step, len(r.images)), replace=False)
             for v in views:
                 full = r.images[v].shape[0]
@@ -285,7 +249,7 @@ class Trainer:
             true_means = r.means[visible]
             tree = cKDTree(true_means)
             _, nearest = tree.query(means.detach().numpy())
-            true_rgb = torch.as_tensor(0.5 + 0.28209479177387814 * r.sh_dc[visible][nearest], dtype=torch.float32).clamp_min(0)
+            true_rgb = torch.as_tensor(0.5 + SH_C0 * r.sh_dc[visible][nearest], dtype=torch.float32).clamp_min(0)
             colour = (colours - true_rgb).abs().mean()
             true_pos = torch.as_tensor(true_means[nearest])
             _, covering = cKDTree(means.detach().numpy()).query(true_means)
@@ -336,6 +300,45 @@ class Trainer:
         if self.history and self.step % c.save_every:
             self.save()
         self.log(f"{c.stage}: {self.step} steps, {time.perf_counter() - started:.0f} s this run")
+
+
+def conditioning_inputs(model: Generator, head: HeadModel, sampler: SurfaceSampler,
+                        records: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (B, 3, S, S), head points (B, M, 6)) from each subject's portrait view (view 0)."""
+    size = model.config.image.image_size
+    images = torch.stack([torch.as_tensor(r.images[0]).permute(2, 0, 1).float() / 255 for r in records])
+    if images.shape[-1] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    shapes = torch.as_tensor(np.stack([r.shape for r in records]), dtype=torch.float32)
+    with torch.no_grad():
+        points = sampler(head.identity_vertices(shapes))
+    return images, points
+
+
+def windowed_passes(model: Generator, tokens: torch.Tensor, cond: torch.Tensor):
+    """Teacher-forced passes over a whole sequence (n,) in windows that overlap by half, each starting
+    at a point boundary; yields (first, last, hidden, logits) for positions first..last-1, each position
+    once, with as much context as the window allows."""
+    window = model.config.ar.window
+    n = len(tokens)
+    done = start = 0
+    while done < n:
+        end = min(n, start + window)
+        h, logits = model.ar(tokens[None, start:end], cond, positions=torch.arange(start, end))
+        yield done, end, h[0, done - start:], logits[0, done - start:]
+        done = end
+        start = max(0, end - window // 2)
+        start = start if start == 0 else 1 + 4 * ((start - 1) // 4)
+
+
+def teacher_forced_hidden(model: Generator, seq: np.ndarray, cond: torch.Tensor) -> torch.Tensor:
+    """Last hidden states (P, 4, d) of every point's tokens in a START ... END sequence."""
+    tokens = torch.as_tensor(seq[:-1])
+    hidden = torch.empty(len(tokens), model.config.ar.dim)
+    for first, last, h, _ in windowed_passes(model, tokens, cond):
+        hidden[first:last] = h
+    P = (len(tokens) - 1) // 4
+    return hidden[1:1 + 4 * P].reshape(P, 4, -1)
 
 
 def _append_csv(path: Path, row: dict) -> None:
