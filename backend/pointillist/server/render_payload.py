@@ -1,0 +1,331 @@
+"""The render bridge's binary formats (DESIGN §6), little-endian throughout; numpy only.
+
+Blender sends per-frame posed Gaussians as raw float32 arrays, so frames cost a memcpy, not JSON.
+Parsers check every size and count against the header *before* reading arrays, and the total length
+exactly; any mismatch raises `PayloadError` (the service answers 400 `bad_payload`).
+
+Object registration — `PUT /v1/objects/{object_id}`, `Content-Type: application/octet-stream`
+(the static attributes, sent once per object):
+
+    offset  type        field
+    0       4 bytes     magic b"PTOB"
+    4       uint16      version = 1
+    6       uint16      flags: bit 0 COLORS_RGB (colour block is (N, 3) RGB instead of SH; sh_degree 0)
+                               bit 1 REST_QUATS (a canonical-rotation block follows the scales)
+    8       uint32      N, Gaussians (>= 1)
+    12      uint8       sh_degree, 0..3 (K = (sh_degree + 1)^2 coefficients per channel)
+    13      3 bytes     reserved, zero
+    16      float32     colours: N*K*3 SH coefficients, (N, K, 3) row-major; or N*3 RGB with COLORS_RGB
+            float32     N opacities, activated, in [0, 1]
+            float32     N*3 scales, activated standard deviations in metres, > 0
+            float32     N*4 canonical rotations, w-first (only with REST_QUATS; lets SH bands >= 1 follow
+                        each Gaussian's rotation: the renderer uses R(posed) R(rest)^T as its frame)
+
+Render request — `POST /v1/render`, `Content-Type: application/octet-stream`:
+
+    offset  type        field
+    0       4 bytes     magic b"PTRF"
+    4       uint16      version = 1
+    6       uint16      flags: bit 0 WANT_DEPTH, bit 1 RAW (float32 output; otherwise a PNG); depth needs RAW
+    8       uint32      width, pixels
+    12      uint32      height, pixels
+    16      uint32      M, objects in this frame (>= 1)
+    20      float32     near (> 0), camera-z near plane, metres
+    24      float32     far (> near)
+    28      3 float32   background RGB composited behind the splats (0 0 0 gives premultiplied colour)
+    40      16 float32  viewmat, world -> camera, OpenCV axes (x right, y down, z forward), row-major
+    104     9 float32   K, pinhole intrinsics in pixels, row-major, last row 0 0 1
+    140     uint32      reserved, zero
+    144     M records, each:
+              uint32      N, Gaussians (must equal the registered object's count)
+              uint16      L, length of the object id (1..64)
+              uint16      reserved, zero
+              L bytes     object id, ASCII [A-Za-z0-9_-], then zero padding to a multiple of 4 bytes
+              float32     N*3 posed means (world)
+              float32     N*4 posed rotations, w-first (non-zero; normalised by the renderer)
+
+Raw render response (`RAW`), `Content-Type: application/octet-stream`:
+
+    0       4 bytes     magic b"PTIM"
+    4       uint16      version = 1
+    6       uint16      flags: bit 0 HAS_DEPTH
+    8       uint32      width
+    12      uint32      height
+    16      float32     H*W*4 RGBA, row-major from the top row; RGB is composited over the background
+            float32     H*W depth (camera z, 0 where alpha is 0), only with HAS_DEPTH
+
+Otherwise the response is `image/png`, 8-bit RGBA of the same pixels.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+OBJECT_MAGIC, RENDER_MAGIC, IMAGE_MAGIC = b"PTOB", b"PTRF", b"PTIM"
+VERSION = 1
+COLORS_RGB, REST_QUATS = 1, 2
+WANT_DEPTH, RAW = 1, 2
+HAS_DEPTH = 1
+OBJECT_HEADER = struct.Struct("<4sHHIB3s")  # 16 bytes
+RENDER_HEADER = struct.Struct("<4sHHIIIff3f16f9fI")  # 144 bytes
+RECORD_HEADER = struct.Struct("<IHH")  # 8 bytes
+IMAGE_HEADER = struct.Struct("<4sHHII")  # 16 bytes
+OBJECT_ID_RE = re.compile(rb"[A-Za-z0-9_-]{1,64}")
+F32 = np.dtype("<f4")
+
+assert OBJECT_HEADER.size == 16 and RENDER_HEADER.size == 144 and RECORD_HEADER.size == 8
+
+
+class PayloadError(ValueError):
+    """A malformed binary payload; the message names the field."""
+
+
+@dataclass(frozen=True)
+class PayloadLimits:
+    max_gaussians_per_object: int = 2_000_000
+    max_objects_per_render: int = 64
+    max_side: int = 8192
+    max_pixels: int = 3840 * 2160 * 2
+
+
+@dataclass
+class ObjectAttributes:
+    """Static attributes of one registered object (arrays are float32, C-contiguous)."""
+
+    opacities: np.ndarray  # (N,)
+    scales: np.ndarray  # (N, 3)
+    sh: np.ndarray | None = None  # (N, K, 3)
+    colors: np.ndarray | None = None  # (N, 3)
+    rest_quats: np.ndarray | None = None  # (N, 4)
+
+    @property
+    def count(self) -> int:
+        return int(self.opacities.shape[0])
+
+    @property
+    def sh_degree(self) -> int:
+        return 0 if self.sh is None else round(self.sh.shape[1] ** 0.5) - 1
+
+
+@dataclass
+class FrameObject:
+    object_id: str
+    means: np.ndarray  # (N, 3)
+    quats: np.ndarray  # (N, 4)
+
+
+@dataclass
+class RenderRequest:
+    width: int
+    height: int
+    near: float
+    far: float
+    background: np.ndarray  # (3,)
+    viewmat: np.ndarray  # (4, 4)
+    K: np.ndarray  # (3, 3)
+    objects: list[FrameObject]
+    want_depth: bool = False
+    raw: bool = False
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _floats(body: memoryview, offset: int, count: int, what: str) -> tuple[np.ndarray, int]:
+    end = offset + 4 * count
+    if end > len(body):
+        raise PayloadError(f"{what}: needs {4 * count} bytes at offset {offset}, the body ends at {len(body)}")
+    values = np.frombuffer(body, dtype=F32, count=count, offset=offset).astype(np.float32)
+    if not np.isfinite(values).all():
+        raise PayloadError(f"{what}: contains NaN or Inf")
+    return values, end
+
+
+def _pad4(n: int) -> int:
+    return (n + 3) & ~3
+
+
+# ------------------------------------------------------------------------------------ objects
+def encode_object(attrs: ObjectAttributes) -> bytes:
+    n = attrs.count
+    flags = 0
+    if attrs.colors is not None:
+        flags |= COLORS_RGB
+        color_block, degree = np.asarray(attrs.colors, F32).reshape(n, 3), 0
+    else:
+        color_block, degree = np.asarray(attrs.sh, F32), attrs.sh_degree
+    if attrs.rest_quats is not None:
+        flags |= REST_QUATS
+    parts = [OBJECT_HEADER.pack(OBJECT_MAGIC, VERSION, flags, n, degree, b"\0\0\0"), color_block.tobytes(),
+             np.asarray(attrs.opacities, F32).reshape(n).tobytes(), np.asarray(attrs.scales, F32).reshape(n, 3).tobytes()]
+    if attrs.rest_quats is not None:
+        parts.append(np.asarray(attrs.rest_quats, F32).reshape(n, 4).tobytes())
+    return b"".join(parts)
+
+
+def parse_object(body: bytes, limits: PayloadLimits = PayloadLimits()) -> ObjectAttributes:
+    view = memoryview(body)
+    if len(view) < OBJECT_HEADER.size:
+        raise PayloadError(f"object payload: {len(view)} bytes is shorter than its {OBJECT_HEADER.size}-byte header")
+    magic, version, flags, n, degree, reserved = OBJECT_HEADER.unpack_from(view, 0)
+    if magic != OBJECT_MAGIC:
+        raise PayloadError(f"object payload: magic {magic!r}, expected {OBJECT_MAGIC!r}")
+    if version != VERSION:
+        raise PayloadError(f"object payload: version {version}, this service reads version {VERSION}")
+    if flags & ~(COLORS_RGB | REST_QUATS):
+        raise PayloadError(f"object payload: unknown flag bits {flags & ~(COLORS_RGB | REST_QUATS):#x}")
+    if reserved != b"\0\0\0":
+        raise PayloadError("object payload: reserved bytes must be zero")
+    if not 1 <= n <= limits.max_gaussians_per_object:
+        raise PayloadError(f"object payload: count {n} must be between 1 and {limits.max_gaussians_per_object}")
+    if degree > 3:
+        raise PayloadError(f"object payload: sh_degree {degree} must be 0..3")
+    if flags & COLORS_RGB and degree != 0:
+        raise PayloadError("object payload: COLORS_RGB needs sh_degree 0")
+    k = (degree + 1) ** 2
+    per_color = 3 if flags & COLORS_RGB else 3 * k
+    expected = OBJECT_HEADER.size + 4 * n * (per_color + 1 + 3 + (4 if flags & REST_QUATS else 0))
+    if len(view) != expected:
+        raise PayloadError(f"object payload: {len(view)} bytes, but its header (count {n}, sh_degree {degree}, "
+                           f"flags {flags}) needs exactly {expected}")
+    offset = OBJECT_HEADER.size
+    colors, offset = _floats(view, offset, n * per_color, "colours")
+    opacities, offset = _floats(view, offset, n, "opacities")
+    scales, offset = _floats(view, offset, n * 3, "scales")
+    rest = None
+    if flags & REST_QUATS:
+        rest, offset = _floats(view, offset, n * 4, "rest rotations")
+        rest = rest.reshape(n, 4)
+        if (np.linalg.norm(rest, axis=1) < 1e-8).any():
+            raise PayloadError("rest rotations: a quaternion is zero")
+    if ((opacities < 0) | (opacities > 1)).any():
+        raise PayloadError("opacities: must lie in [0, 1]")
+    if (scales <= 0).any():
+        raise PayloadError("scales: must be > 0 (activated standard deviations in metres)")
+    if flags & COLORS_RGB:
+        return ObjectAttributes(opacities=opacities, scales=scales.reshape(n, 3), colors=colors.reshape(n, 3),
+                                rest_quats=rest)
+    return ObjectAttributes(opacities=opacities, scales=scales.reshape(n, 3), sh=colors.reshape(n, k, 3),
+                            rest_quats=rest)
+
+
+# ------------------------------------------------------------------------------------ frames
+def encode_render(request: RenderRequest) -> bytes:
+    flags = (WANT_DEPTH if request.want_depth else 0) | (RAW if request.raw else 0)
+    header = RENDER_HEADER.pack(RENDER_MAGIC, VERSION, flags, request.width, request.height, len(request.objects),
+                                request.near, request.far, *np.asarray(request.background, F32).reshape(3),
+                                *np.asarray(request.viewmat, F32).reshape(16), *np.asarray(request.K, F32).reshape(9), 0)
+    parts = [header]
+    for obj in request.objects:
+        name = obj.object_id.encode("ascii")
+        n = int(np.asarray(obj.means).shape[0])
+        parts += [RECORD_HEADER.pack(n, len(name), 0), name, b"\0" * (_pad4(len(name)) - len(name)),
+                  np.ascontiguousarray(obj.means, F32).reshape(n, 3).tobytes(),
+                  np.ascontiguousarray(obj.quats, F32).reshape(n, 4).tobytes()]
+    return b"".join(parts)
+
+
+def parse_render(body: bytes, limits: PayloadLimits = PayloadLimits()) -> RenderRequest:
+    view = memoryview(body)
+    if len(view) < RENDER_HEADER.size:
+        raise PayloadError(f"render payload: {len(view)} bytes is shorter than its {RENDER_HEADER.size}-byte header")
+    fields = RENDER_HEADER.unpack_from(view, 0)
+    magic, version, flags, width, height, m, near, far = fields[:8]
+    background = np.array(fields[8:11], np.float32)
+    viewmat = np.array(fields[11:27], np.float32).reshape(4, 4)
+    K = np.array(fields[27:36], np.float32).reshape(3, 3)
+    reserved = fields[36]
+    if magic != RENDER_MAGIC:
+        raise PayloadError(f"render payload: magic {magic!r}, expected {RENDER_MAGIC!r}")
+    if version != VERSION:
+        raise PayloadError(f"render payload: version {version}, this service reads version {VERSION}")
+    if flags & ~(WANT_DEPTH | RAW):
+        raise PayloadError(f"render payload: unknown flag bits {flags & ~(WANT_DEPTH | RAW):#x}")
+    if flags & WANT_DEPTH and not flags & RAW:
+        raise PayloadError("render payload: depth is only returned with the RAW flag (PNG carries RGBA only)")
+    if reserved != 0:
+        raise PayloadError("render payload: reserved field must be zero")
+    if not (1 <= width <= limits.max_side and 1 <= height <= limits.max_side):
+        raise PayloadError(f"render payload: size {width}x{height}; each side must be 1..{limits.max_side}")
+    if width * height > limits.max_pixels:
+        raise PayloadError(f"render payload: {width}x{height} is over the {limits.max_pixels}-pixel limit")
+    if not 1 <= m <= limits.max_objects_per_render:
+        raise PayloadError(f"render payload: object count {m} must be between 1 and {limits.max_objects_per_render}")
+    if not (np.isfinite(near) and np.isfinite(far) and 0 < near < far):
+        raise PayloadError(f"render payload: near {near} and far {far} must be finite with 0 < near < far")
+    for name, value in (("background", background), ("viewmat", viewmat), ("K", K)):
+        if not np.isfinite(value).all():
+            raise PayloadError(f"render payload: {name} contains NaN or Inf")
+    if not np.allclose(viewmat[3], (0, 0, 0, 1), atol=1e-6):
+        raise PayloadError("render payload: viewmat's last row must be 0 0 0 1")
+    if not (K[0, 0] > 0 and K[1, 1] > 0 and np.allclose(K[2], (0, 0, 1), atol=1e-6) and K[1, 0] == 0):
+        raise PayloadError("render payload: K must be a pinhole matrix (fx, fy > 0, last row 0 0 1)")
+
+    objects: list[FrameObject] = []
+    seen: set[str] = set()
+    offset = RENDER_HEADER.size
+    for index in range(m):
+        if offset + RECORD_HEADER.size > len(view):
+            raise PayloadError(f"object record {index}: the body ends before its header (offset {offset})")
+        n, id_len, rec_reserved = RECORD_HEADER.unpack_from(view, offset)
+        offset += RECORD_HEADER.size
+        if rec_reserved != 0:
+            raise PayloadError(f"object record {index}: reserved field must be zero")
+        if not 1 <= n <= limits.max_gaussians_per_object:
+            raise PayloadError(f"object record {index}: count {n} must be between 1 and {limits.max_gaussians_per_object}")
+        if not 1 <= id_len <= 64:
+            raise PayloadError(f"object record {index}: id length {id_len} must be 1..64")
+        padded = _pad4(id_len)
+        if offset + padded + 28 * n > len(view):
+            raise PayloadError(f"object record {index}: {n} Gaussians need {padded + 28 * n} bytes at offset "
+                               f"{offset}, the body ends at {len(view)}")
+        raw_id = bytes(view[offset:offset + id_len])
+        if not OBJECT_ID_RE.fullmatch(raw_id):
+            raise PayloadError(f"object record {index}: the id must be 1-64 characters of A-Z a-z 0-9 _ -")
+        if any(view[offset + id_len:offset + padded]):
+            raise PayloadError(f"object record {index}: id padding must be zero")
+        object_id = raw_id.decode("ascii")
+        if object_id in seen:
+            raise PayloadError(f"object record {index}: object {object_id!r} appears twice")
+        seen.add(object_id)
+        offset += padded
+        means, offset = _floats(view, offset, n * 3, f"object {object_id!r} means")
+        quats, offset = _floats(view, offset, n * 4, f"object {object_id!r} rotations")
+        quats = quats.reshape(n, 4)
+        if (np.einsum("ij,ij->i", quats, quats) < 1e-16).any():
+            raise PayloadError(f"object {object_id!r} rotations: a quaternion is zero")
+        objects.append(FrameObject(object_id, means.reshape(n, 3), quats))
+    if offset != len(view):
+        raise PayloadError(f"render payload: {len(view) - offset} unexpected bytes after the last object record")
+    return RenderRequest(width=width, height=height, near=float(near), far=float(far), background=background,
+                         viewmat=viewmat, K=K, objects=objects, want_depth=bool(flags & WANT_DEPTH),
+                         raw=bool(flags & RAW))
+
+
+# ------------------------------------------------------------------------------------ images
+def encode_raw_image(rgba: np.ndarray, depth: np.ndarray | None = None) -> bytes:
+    h, w = rgba.shape[:2]
+    header = IMAGE_HEADER.pack(IMAGE_MAGIC, VERSION, HAS_DEPTH if depth is not None else 0, w, h)
+    parts = [header, np.ascontiguousarray(rgba, F32).tobytes()]
+    if depth is not None:
+        parts.append(np.ascontiguousarray(depth, F32).tobytes())
+    return b"".join(parts)
+
+
+def decode_raw_image(body: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+    """(RGBA (H, W, 4), depth (H, W) or None) from a raw render response (for clients and tests)."""
+    if len(body) < IMAGE_HEADER.size:
+        raise PayloadError("raw image: shorter than its header")
+    magic, version, flags, w, h = IMAGE_HEADER.unpack_from(body, 0)
+    if magic != IMAGE_MAGIC or version != VERSION or flags & ~HAS_DEPTH:
+        raise PayloadError("raw image: bad magic, version or flags")
+    expected = IMAGE_HEADER.size + 4 * w * h * (5 if flags & HAS_DEPTH else 4)
+    if len(body) != expected:
+        raise PayloadError(f"raw image: {len(body)} bytes, expected {expected}")
+    rgba = np.frombuffer(body, F32, count=w * h * 4, offset=IMAGE_HEADER.size).reshape(h, w, 4)
+    depth = None
+    if flags & HAS_DEPTH:
+        depth = np.frombuffer(body, F32, count=w * h, offset=IMAGE_HEADER.size + 16 * w * h).reshape(h, w)
+    return rgba, depth
