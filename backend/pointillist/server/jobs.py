@@ -329,6 +329,7 @@ class JobManager:
         if state == SUCCEEDED:  # otherwise `stage` keeps where the job stopped
             job.update(progress=1.0, stage="done")
         self._save(job)
+        self.storage.remove(self.storage.upload(job["job_id"]))
 
     def _save(self, job: dict) -> None:
         try:

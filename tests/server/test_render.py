@@ -1,0 +1,279 @@
+"""Checklist items 11, 23 and the render bridge: object registration (binary and PLY), frames, 404 on
+unknown objects, and a parser that rejects wrong sizes and counts. The service's pixels are compared
+with calling the rasterizer directly."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pointillist.avatar.gaussians import Gaussians
+from pointillist.avatar.ply import gaussians_to_ply_bytes
+from pointillist.render.camera import fov_to_K, orbit_viewmat
+from pointillist.render.rasterize import rasterize
+from pointillist.server.render_payload import (
+    WANT_DEPTH,
+    FrameObject,
+    ObjectAttributes,
+    PayloadError,
+    PayloadLimits,
+    RenderRequest,
+    decode_raw_image,
+    encode_object,
+    encode_render,
+    parse_object,
+    parse_render,
+)
+
+from .conftest import InProcess
+
+OCTET = {"Content-Type": "application/octet-stream"}
+
+
+def scene(n: int, seed: int = 0, sh_degree: int | None = None):
+    rng = np.random.default_rng(seed)
+    dirs = rng.normal(size=(n, 3))
+    means = (dirs / np.linalg.norm(dirs, axis=1, keepdims=True) * [0.1, 0.12, 0.1]).astype(np.float32)
+    quats = rng.normal(size=(n, 4)).astype(np.float32)
+    attrs = ObjectAttributes(opacities=rng.uniform(0.3, 0.95, n).astype(np.float32),
+                             scales=rng.uniform(0.002, 0.006, (n, 3)).astype(np.float32),
+                             colors=None if sh_degree is not None else rng.uniform(0, 1, (n, 3)).astype(np.float32),
+                             sh=None if sh_degree is None else
+                             rng.normal(0, 0.3, (n, (sh_degree + 1) ** 2, 3)).astype(np.float32))
+    return attrs, means, quats
+
+
+def camera(size=(64, 48)):
+    w, h = size
+    return {"viewmat": orbit_viewmat(15.0, 5.0, 0.6).astype(np.float32), "K": fov_to_K(30.0, w, h).astype(np.float32),
+            "width": w, "height": h}
+
+
+def frame(objects, size=(64, 48), raw=True, depth=True, background=(0, 0, 0)) -> RenderRequest:
+    cam = camera(size)
+    return RenderRequest(width=cam["width"], height=cam["height"], near=0.01, far=100.0,
+                         background=np.asarray(background, np.float32), viewmat=cam["viewmat"], K=cam["K"],
+                         objects=[FrameObject(i, m, q) for i, m, q in objects], want_depth=depth, raw=raw)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, tiny_checkpoint):
+    with InProcess(tmp_path_factory.mktemp("render-data"), checkpoint=tiny_checkpoint) as app:
+        yield app
+
+
+# ------------------------------------------------------------------------------- the bridge
+def test_render_matches_the_rasterizer_called_directly(app):
+    attrs, means, quats = scene(400)
+    r = app.request("PUT", "/v1/objects/head", content=encode_object(attrs), headers=OCTET)
+    assert r.status_code == 200 and r.json()["count"] == 400 and r.json()["colors"] == "rgb"
+    r = app.request("POST", "/v1/render", content=encode_render(frame([("head", means, quats)])), headers=OCTET)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    rgba, depth = decode_raw_image(r.content)
+    cam = camera()
+    direct = rasterize(torch.from_numpy(means), torch.from_numpy(quats), torch.from_numpy(attrs.scales),
+                       torch.from_numpy(attrs.opacities), torch.from_numpy(attrs.colors), viewmat=cam["viewmat"],
+                       K=cam["K"], width=64, height=48, background=torch.zeros(3))
+    assert rgba.shape == (48, 64, 4) and depth.shape == (48, 64)
+    assert rgba[..., 3].max() > 0.5  # the head is in view
+    np.testing.assert_allclose(rgba[..., :3], direct.rgb.numpy(), atol=1e-5)
+    np.testing.assert_allclose(rgba[..., 3], direct.alpha.numpy(), atol=1e-5)
+    np.testing.assert_allclose(depth, direct.depth.numpy(), atol=1e-5)
+
+
+def test_render_png_and_several_objects(app):
+    a, ma, qa = scene(200, seed=1)
+    b, mb, qb = scene(150, seed=2, sh_degree=1)
+    assert app.request("PUT", "/v1/objects/a", content=encode_object(a), headers=OCTET).status_code == 200
+    assert app.request("PUT", "/v1/objects/b-2", content=encode_object(b), headers=OCTET).status_code == 200
+    body = encode_render(frame([("a", ma, qa), ("b-2", mb + [0.05, 0, 0], qb)], raw=False, depth=False))
+    r = app.request("POST", "/v1/render", content=body, headers=OCTET)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(r.content))
+    assert image.mode == "RGBA" and image.size == (64, 48) and np.asarray(image)[..., 3].max() > 100
+
+
+def test_unknown_object_is_404_so_the_client_registers_again(app):
+    attrs, means, quats = scene(50, seed=3)
+    r = app.request("POST", "/v1/render", content=encode_render(frame([("never-registered", means, quats)])),
+                    headers=OCTET)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_object"
+    assert "never-registered" in r.json()["error"]["message"]
+    assert app.request("PUT", "/v1/objects/never-registered", content=encode_object(attrs), headers=OCTET).status_code == 200
+    r = app.request("POST", "/v1/render", content=encode_render(frame([("never-registered", means, quats)])),
+                    headers=OCTET)
+    assert r.status_code == 200
+    assert app.request("DELETE", "/v1/objects/never-registered").status_code == 200
+    r = app.request("POST", "/v1/render", content=encode_render(frame([("never-registered", means, quats)])),
+                    headers=OCTET)
+    assert r.status_code == 404
+
+
+def test_object_store_drops_least_recently_used_objects(tmp_path, tiny_checkpoint):
+    from pointillist.server.config import Limits
+
+    with InProcess(tmp_path, checkpoint=tiny_checkpoint, limits=Limits(max_registered_gaussians=250)) as small:
+        for name in ("one", "two", "three"):
+            attrs, _, _ = scene(100, seed=len(name))
+            assert small.request("PUT", f"/v1/objects/{name}", content=encode_object(attrs), headers=OCTET).status_code == 200
+        assert len(small.service.objects) == 2 and small.service.objects.get("one") is None
+
+
+# ------------------------------------------------------------------------------- item 23: sizes and counts
+def test_item23_count_mismatch_with_the_registered_object_is_400(app):
+    attrs, means, quats = scene(100, seed=4)
+    app.request("PUT", "/v1/objects/mismatch", content=encode_object(attrs), headers=OCTET)
+    r = app.request("POST", "/v1/render", content=encode_render(frame([("mismatch", means[:99], quats[:99])])),
+                    headers=OCTET)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "count_mismatch"
+
+
+def _valid_render() -> bytes:
+    _, means, quats = scene(10, seed=5)
+    return encode_render(frame([("obj", means, quats)]))
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda b: b[:-1], "the body ends"),
+    (lambda b: b + b"\0", "unexpected bytes"),
+    (lambda b: b[:100], "shorter than its 144-byte header"),
+    (lambda b: b"XXXX" + b[4:], "magic"),
+    (lambda b: b[:4] + struct.pack("<H", 2) + b[6:], "version"),
+    (lambda b: b[:6] + struct.pack("<H", 8) + b[8:], "flag"),
+    (lambda b: b[:6] + struct.pack("<H", WANT_DEPTH) + b[8:], "RAW"),
+    (lambda b: b[:8] + struct.pack("<I", 0) + b[12:], "size"),
+    (lambda b: b[:8] + struct.pack("<I", 100_000) + b[12:], "size"),
+    (lambda b: b[:8] + struct.pack("<II", 8192, 8192) + b[16:], "pixel"),
+    (lambda b: b[:16] + struct.pack("<I", 0) + b[20:], "object count"),
+    (lambda b: b[:16] + struct.pack("<I", 2) + b[20:], "object record 1"),
+    (lambda b: b[:16] + struct.pack("<I", 1000) + b[20:], "object count"),
+    (lambda b: b[:20] + struct.pack("<ff", 1.0, 0.5) + b[28:], "near"),
+    (lambda b: b[:20] + struct.pack("<f", float("nan")) + b[24:], "near"),
+    (lambda b: b[:40] + struct.pack("<f", float("inf")) + b[44:], "viewmat"),
+    (lambda b: b[:104] + struct.pack("<f", -1.0) + b[108:], "K"),
+    (lambda b: b[:140] + struct.pack("<I", 7) + b[144:], "reserved"),
+    (lambda b: b[:144] + struct.pack("<I", 11) + b[148:], "object record 0"),
+    (lambda b: b[:144] + struct.pack("<I", 9) + b[148:], "unexpected bytes"),
+    (lambda b: b[:144] + struct.pack("<I", 0) + b[148:], "count 0"),
+    (lambda b: b[:148] + struct.pack("<H", 0) + b[150:], "id length"),
+    (lambda b: b[:148] + struct.pack("<H", 65) + b[150:], "id length"),
+    (lambda b: b[:152] + b"o/j" + b[155:], "id must be"),
+    (lambda b: b[:155] + b"\x01" + b[156:], "padding"),
+    (lambda b: b[:156] + struct.pack("<f", float("nan")) + b[160:], "NaN"),
+    (lambda b: b[:156 + 120] + b"\0" * 16 + b[156 + 136:], "quaternion is zero"),
+])
+def test_item23_render_parser_rejects_wrong_sizes_counts_and_values(mutate, needle):
+    body = _valid_render()
+    assert len(parse_render(body).objects[0].means) == 10
+    with pytest.raises(PayloadError, match=needle):
+        parse_render(mutate(body))
+
+
+def test_item23_duplicate_objects_and_limits():
+    _, means, quats = scene(10, seed=6)
+    body = encode_render(frame([("x", means, quats), ("x", means, quats)]))
+    with pytest.raises(PayloadError, match="appears twice"):
+        parse_render(body)
+    with pytest.raises(PayloadError, match="count 10 must be between 1 and 5"):
+        parse_render(encode_render(frame([("x", means, quats)])), PayloadLimits(max_gaussians_per_object=5))
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda b: b[:-4], "needs exactly"),
+    (lambda b: b + b"\0" * 4, "needs exactly"),
+    (lambda b: b[:8] + struct.pack("<I", 0) + b[12:], "count 0"),
+    (lambda b: b[:8] + struct.pack("<I", 11) + b[12:], "needs exactly"),
+    (lambda b: b[:12] + b"\x04" + b[13:], "sh_degree"),
+    (lambda b: b[:12] + b"\x01" + b[13:], "COLORS_RGB"),
+    (lambda b: b[:13] + b"\x01" + b[14:], "reserved"),
+    (lambda b: b[:16] + struct.pack("<f", float("inf")) + b[20:], "NaN or Inf"),
+    (lambda b: b[:16 + 120] + struct.pack("<f", 1.5) + b[16 + 124:], "opacities"),
+    (lambda b: b[:16 + 160] + struct.pack("<f", 0.0) + b[16 + 164:], "scales"),
+])
+def test_item23_object_parser_rejects_wrong_sizes_and_values(mutate, needle):
+    attrs, _, _ = scene(10, seed=7)
+    body = encode_object(attrs)
+    assert parse_object(body).count == 10
+    with pytest.raises(PayloadError, match=needle):
+        parse_object(mutate(body))
+
+
+def test_item23_malformed_payloads_answer_400_over_http(app):
+    for path, method in (("/v1/render", "POST"), ("/v1/objects/bad", "PUT")):
+        for body in (b"", b"PTRF", b"\0" * 300):
+            r = app.request(method, path, content=body, headers=OCTET)
+            assert r.status_code == 400 and r.json()["error"]["code"] == "bad_payload", (path, body[:8], r.text)
+    r = app.request("POST", "/v1/render", content=_valid_render(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 415
+
+
+# ------------------------------------------------------------------------------- item 11: PLY checks
+def _ply(n: int = 20, seed: int = 8) -> bytes:
+    rng = np.random.default_rng(seed)
+    g = Gaussians(means=rng.normal(0, 0.1, (n, 3)).astype(np.float32),
+                  log_scales=np.log(rng.uniform(0.002, 0.005, (n, 3))).astype(np.float32),
+                  quats=rng.normal(size=(n, 4)).astype(np.float32), opacity_logits=rng.normal(size=n).astype(np.float32),
+                  sh_dc=rng.normal(0, 0.5, (n, 3)).astype(np.float32),
+                  sh_rest=rng.normal(0, 0.3, (n, 3, 3)).astype(np.float32))
+    return gaussians_to_ply_bytes(g)
+
+
+def test_item11_ply_registration_is_checked_before_parsing(app, monkeypatch):
+    ply = {"Content-Type": "application/x-ply"}
+    r = app.request("PUT", "/v1/objects/from-ply", content=_ply(), headers=ply)
+    assert r.status_code == 200 and r.json() == {"object_id": "from-ply", "count": 20, "sh_degree": 1, "colors": "sh",
+                                                 "rest_rotations": True}
+    good = _ply()
+    # a header claiming more vertices than the maximum never reaches the parser
+    import pointillist.avatar.ply as plymod
+
+    calls = []
+    real = plymod.gaussians_from_ply_bytes
+    monkeypatch.setattr(plymod, "gaussians_from_ply_bytes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    huge = good.replace(b"element vertex 20", b"element vertex 999999999999")
+    r = app.request("PUT", "/v1/objects/p", content=huge, headers=ply)
+    assert r.status_code == 400 and "vertex count" in r.json()["error"]["message"] and not calls
+    # a header claiming more vertices than the body holds: refused by the size check
+    lying = good.replace(b"element vertex 20", b"element vertex 21")
+    r = app.request("PUT", "/v1/objects/p", content=lying, headers=ply)
+    assert r.status_code == 400 and "truncated" in r.json()["error"]["message"]
+    # a NaN anywhere is refused, naming the property
+    header_end = good.index(b"end_header\n") + len(b"end_header\n")
+    nan = good[:header_end] + struct.pack("<f", float("nan")) + good[header_end + 4:]
+    r = app.request("PUT", "/v1/objects/p", content=nan, headers=ply)
+    assert r.status_code == 400 and "NaN" in r.json()["error"]["message"]
+    for bad in (b"not a ply", b"ply\nformat ascii 1.0\n", good[:-8]):
+        r = app.request("PUT", "/v1/objects/p", content=bad, headers=ply)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_payload"
+
+
+def test_render_of_a_ply_object_follows_each_gaussians_rotation_for_sh(app):
+    """SH bands >= 1 are evaluated in each Gaussian's canonical frame: R(posed) R(rest)^T, as DESIGN §3 says."""
+    from pointillist.avatar.ply import gaussians_from_ply_bytes
+    from pointillist.render.rasterize import quat_to_rotmat
+
+    ply = _ply(40, seed=9)
+    assert app.request("PUT", "/v1/objects/shobj", content=ply,
+                       headers={"Content-Type": "application/x-ply"}).status_code == 200
+    g, _ = gaussians_from_ply_bytes(ply)
+    rest = torch.nn.functional.normalize(torch.from_numpy(g.quats), dim=-1)
+    turn = torch.tensor([np.cos(np.pi / 6), 0.0, np.sin(np.pi / 6), 0.0], dtype=torch.float32)  # 60 degrees about +Y, w-first
+    w1, v1 = turn[0], turn[1:]
+    w2, v2 = rest[:, :1], rest[:, 1:]
+    posed = torch.cat([w1 * w2 - (v2 * v1).sum(-1, keepdim=True), w1 * v2 + w2 * v1 + torch.cross(v1.expand_as(v2), v2, dim=-1)], -1)
+    body = encode_render(frame([("shobj", g.means, posed.numpy())], depth=False))
+    rgba, _ = decode_raw_image(app.request("POST", "/v1/render", headers=OCTET, content=body).content)
+    cam = camera()
+    sh = torch.from_numpy(np.concatenate([g.sh_dc[:, None], g.sh_rest], 1))
+    common = {"viewmat": cam["viewmat"], "K": cam["K"], "width": 64, "height": 48, "background": torch.zeros(3)}
+    args = (torch.from_numpy(g.means), posed, torch.from_numpy(g.scales()), torch.from_numpy(g.opacities()))
+    frames = quat_to_rotmat(posed) @ quat_to_rotmat(rest).transpose(1, 2)
+    with_frames = rasterize(*args, sh=sh, sh_frames=frames, **common)
+    without = rasterize(*args, sh=sh, **common)
+    assert rgba[..., 3].max() > 0.1
+    np.testing.assert_allclose(rgba[..., :3], with_frames.rgb.numpy(), atol=1e-5)
+    assert np.abs(with_frames.rgb.numpy() - without.rgb.numpy()).max() > 1e-3  # the frames matter here
