@@ -122,7 +122,8 @@ class JobManager:
                         "message": f"the service stopped while the job was {job['state']}; submit the portrait again"})
                 job["updated_at"] = now()
                 self._save(job)
-                log.info("job %s was %s when the service stopped: now %s", job_id, job.get("stage"), job["state"])
+                log.info("job %s was running or queued when the service stopped: now %s%s", job_id, job["state"],
+                         " (interrupted)" if job["state"] == FAILED else "")
             self.storage.remove(self.storage.upload(job_id))
             self._jobs[job_id] = job
             if job.get("idempotency_key"):
