@@ -177,3 +177,17 @@ def test_item18_sigterm_stops_gracefully_within_the_limit(tmp_path, slow_checkpo
     assert not list((data / "avatars").iterdir()) and not list((data / "tmp").iterdir())
     log = server.log_path.read_text()
     assert "worker stopped" in log and "Traceback" not in log
+
+
+def test_listening_socket_is_tcp_with_nodelay():
+    """asyncio sets TCP_NODELAY on accepted sockets only when the listener's proto says TCP; without it
+    every response waits for the client's delayed ACK (about 40 ms on Linux)."""
+    from pointillist.server.main import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert sock.getsockname()[0] == "127.0.0.1" and sock.getsockname()[1] > 0
+    finally:
+        sock.close()
