@@ -181,6 +181,7 @@ class ServeProcess:
     def __init__(self, data_dir: Path, *args: str, log_path: Path | None = None, expect_ready: bool = True):
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
                "PYTHONPATH": str(ROOT / "backend") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.data_dir = data_dir
         self.log_path = log_path or data_dir.parent / f"{data_dir.name}-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen([sys.executable, "-m", "pointillist.server", "--data-dir", str(data_dir), *args],

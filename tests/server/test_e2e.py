@@ -74,6 +74,13 @@ def test_item01_serve_refuses_a_public_bind_without_the_flags(tmp_path):
         assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
 
 
+def test_item17_a_second_service_on_the_same_folder_is_refused(live_server):
+    done = subprocess.run([sys.executable, "-m", "pointillist.server", "--data-dir", str(live_server.data_dir)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
+    assert done.returncode == 2 and done.stdout == "" and "another pointillist service" in done.stderr
+    assert live_server.client.get("/v1/ready").status_code == 200  # the first one is untouched
+
+
 def test_item03_host_checks_on_the_wire(live_server):
     port, token = live_server.ready["port"], live_server.token
     for host_line in (b"Host: evil.example\r\n", b"Host: 127.0.0.1.nip.io:%d\r\n" % port, b"Host: \r\n"):

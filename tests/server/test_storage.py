@@ -195,3 +195,14 @@ def test_item17_a_job_whose_avatar_was_published_before_the_crash_succeeded(tmp_
         assert job["state"] == "succeeded" and job["avatar_id"] == avatar_id and job["error"] is None
     finally:
         manager.shutdown(5)
+
+
+def test_item17_one_service_per_data_folder(tmp_path):
+    """A second service on the same folder would mark the first one's running jobs interrupted: refused."""
+    first, second = DataDir(tmp_path), DataDir(tmp_path)
+    first.lock()
+    with pytest.raises(StorageError, match="another pointillist service"):
+        second.lock()
+    first.unlock()
+    second.lock()
+    second.unlock()

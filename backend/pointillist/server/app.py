@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -164,6 +165,7 @@ def render_device(device: str) -> str:
 def create_app(config: ServerConfig, *, runner=None) -> SecurityMiddleware:
     """The ASGI app (security middleware around FastAPI); `.service` holds the parts, `.api` the FastAPI app."""
     storage = DataDir(config.data_dir)
+    storage.lock()
     runner = runner or AvatarRunner(storage, checkpoint=config.checkpoint, head=config.head, device=config.device)
     limits = config.limits
     jobs = JobManager(storage, runner, max_queue=limits.max_queue, retry_after_s=limits.retry_after_s)
@@ -180,6 +182,8 @@ def create_app(config: ServerConfig, *, runner=None) -> SecurityMiddleware:
         finally:
             stopped = await run_in_threadpool(jobs.shutdown, config.shutdown_timeout_s)
             service.renderer.close()
+            if stopped:  # a worker still running keeps the folder locked until the process ends
+                storage.unlock()
             log.info("shut down (%s)", "worker stopped" if stopped else "worker still busy; abandoned")
 
     api = FastAPI(title="Pointillist backend", version=__version__, openapi_url="/v1/openapi.json",
@@ -358,12 +362,16 @@ def _parse_options(raw) -> dict:
     return options
 
 
+_DECODES = threading.BoundedSemaphore(2)  # a burst of 50 MP uploads must not decode 40 at once
+
+
 def _check_image(payload: bytes) -> None:
     """Decode once up front so a bad upload is a 400 now, not a failed job later."""
     from ..preprocess.decode import PortraitError, decode_image
 
     try:
-        decode_image(payload)
+        with _DECODES:
+            decode_image(payload)
     except PortraitError as exc:
         raise ApiError("bad_image", str(exc).replace("<bytes>: ", "the image: ")) from None
     except MemoryError:

@@ -108,9 +108,6 @@ class HostPolicy:
         self.port = port
         self.names = frozenset(n.lower() for n in (*LOOPBACK_NAMES, *extra_names))
 
-    def set_port(self, port: int) -> None:
-        self.port = port
-
     def allows_host(self, host: str | None) -> bool:
         if not host or len(host) > 300:
             return False

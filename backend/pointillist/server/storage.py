@@ -64,6 +64,28 @@ class DataDir:
             if not folder.is_dir():
                 raise StorageError(f"{folder}: is not a folder")
 
+    # ------------------------------------------------------------------------------- one service per folder
+    def lock(self) -> None:
+        """Hold an exclusive lock on the folder for this process's life (released by the kernel even on
+        kill -9), so a second service cannot mark the first one's running jobs as interrupted."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; the add-on starts one service per data folder anyway
+            return
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StorageError(f"{self.root}: another pointillist service is using this data directory") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._lock_fd = None
+
     # ------------------------------------------------------------------------------- paths
     def inside(self, folder: str, name: str) -> Path:
         """`folder/name`, refused unless it stays inside `folder` after realpath and is not a link."""
