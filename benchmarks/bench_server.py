@@ -88,10 +88,16 @@ def start_server(data: Path):
     return proc, client, ready
 
 
-def timed_paths(client, attrs, frames, repeats: int) -> dict[str, float]:
+def timed_paths(ready: dict, attrs, frames, repeats: int) -> dict[str, float]:
     """Median ms per frame of each path; the paths alternate frame by frame, so load drifting on a shared
-    machine hits them alike."""
+    machine hits them alike. The client is the standard library's `http.client` on one keep-alive
+    connection, what the Blender add-on can use (Blender ships no third-party HTTP client)."""
+    import http.client
+
     from PIL import Image
+
+    client = http.client.HTTPConnection("127.0.0.1", ready["port"], timeout=600)
+    auth = {"Authorization": f"Bearer {ready['token']}"}
 
     viewmat, K = camera()
     static = [torch.from_numpy(a) for a in (attrs.scales, attrs.opacities, attrs.colors)]
@@ -106,9 +112,12 @@ def timed_paths(client, attrs, frames, repeats: int) -> dict[str, float]:
         body = encode_render(RenderRequest(width=SIZE, height=SIZE, near=0.01, far=100.0,
                                            background=np.zeros(3, np.float32), viewmat=viewmat, K=K,
                                            objects=[FrameObject("avatar", means, quats)], raw=raw, want_depth=raw))
-        r = client.post("/v1/render", content=body, headers={"Content-Type": "application/octet-stream"})
-        r.raise_for_status()
-        return decode_raw_image(r.content)[0] if raw else np.asarray(Image.open(io.BytesIO(r.content)))
+        client.request("POST", "/v1/render", body=body, headers={**auth, "Content-Type": "application/octet-stream"})
+        response = client.getresponse()
+        payload = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"render answered {response.status}: {payload[:200]!r}")
+        return decode_raw_image(payload)[0] if raw else np.asarray(Image.open(io.BytesIO(payload)))
 
     # The direct renders run on one worker thread, as the service's do: on this CPU build the numba
     # compositor called from the main thread of a process that has just run torch ops was measured ~10x
@@ -127,19 +136,27 @@ def timed_paths(client, attrs, frames, repeats: int) -> dict[str, float]:
                 times[name].append(1000 * (time.perf_counter() - start))
     same = np.abs(service(*frames[0], True) - paths["direct"](*frames[0])).max()
     pool.shutdown()
+    client.close()
     assert same < 1e-5, f"the service's pixels differ from the direct render by {same}"
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def health_rate(url: str, token: str, clients: int, seconds: float) -> float:
+def health_rate(port: int, clients: int, seconds: float) -> float:
     count = [0] * clients
     stop = time.monotonic() + seconds
 
     def run(i):
-        with httpx.Client(base_url=url, timeout=60) as c:
-            while time.monotonic() < stop:
-                c.get("/v1/health").raise_for_status()
-                count[i] += 1
+        import http.client
+
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while time.monotonic() < stop:
+            c.request("GET", "/v1/health")
+            response = c.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"health answered {response.status}")
+            count[i] += 1
+        c.close()
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
     start = time.monotonic()
@@ -165,10 +182,9 @@ def main() -> None:
             r = client.put("/v1/objects/avatar", content=encode_object(attrs),
                            headers={"Content-Type": "application/octet-stream"})
             r.raise_for_status()
-            medians = timed_paths(client, attrs, frames, args.frames)
-            url = f"http://127.0.0.1:{ready['port']}"
-            rate_1 = health_rate(url, ready["token"], 1, args.seconds)
-            rate_8 = health_rate(url, ready["token"], 8, args.seconds)
+            medians = timed_paths(ready, attrs, frames, args.frames)
+            rate_1 = health_rate(ready["port"], 1, args.seconds)
+            rate_8 = health_rate(ready["port"], 8, args.seconds)
         finally:
             client.close()
             proc.terminate()

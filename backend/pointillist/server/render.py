@@ -25,7 +25,7 @@ from .render_payload import (
     PayloadError,
     PayloadLimits,
     RenderRequest,
-    encode_raw_image,
+    raw_image_buffer,
 )
 
 MAX_PLY_HEADER = 64 * 1024
@@ -129,7 +129,7 @@ class Renderer:
         self._pending = 0
         self._lock = threading.Lock()
 
-    async def render(self, request: RenderRequest) -> tuple[bytes, str]:
+    async def render(self, request: RenderRequest) -> tuple[bytes | memoryview, str]:
         import asyncio
 
         with self._lock:
@@ -144,7 +144,7 @@ class Renderer:
             with self._lock:
                 self._pending -= 1
 
-    def render_now(self, request: RenderRequest) -> tuple[bytes, str]:
+    def render_now(self, request: RenderRequest) -> tuple[bytes | memoryview, str]:
         """(body, media type) for one frame."""
         import torch
 
@@ -204,11 +204,16 @@ class Renderer:
                             width=request.width, height=request.height,
                             background=torch.from_numpy(request.background).to(device),
                             near=request.near, far=request.far)
-        rgba = torch.cat([out.rgb, out.alpha[..., None]], dim=-1).float().cpu().numpy()
-        if request.raw:
-            depth = out.depth.float().cpu().numpy() if request.want_depth else None
-            return encode_raw_image(rgba, depth), "application/octet-stream"
+        if request.raw:  # written straight into the response buffer
+            buffer, rgba_view, depth_view = raw_image_buffer(request.width, request.height, request.want_depth)
+            rgba_view[..., :3] = out.rgb.float().cpu().numpy()
+            rgba_view[..., 3] = out.alpha.float().cpu().numpy()
+            if depth_view is not None:
+                depth_view[...] = out.depth.float().cpu().numpy()
+            return memoryview(buffer), "application/octet-stream"
         from PIL import Image
+
+        rgba = torch.cat([out.rgb, out.alpha[..., None]], dim=-1).float().cpu().numpy()
 
         pixels = (np.clip(rgba, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         buffer = io.BytesIO()

@@ -305,13 +305,27 @@ def parse_render(body: bytes, limits: PayloadLimits = PayloadLimits()) -> Render
 
 
 # ------------------------------------------------------------------------------------ images
+def raw_image_buffer(width: int, height: int, with_depth: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(whole response as a uint8 buffer with its header written, RGBA view (H, W, 4), depth view (H, W) or None).
+
+    The renderer writes pixels straight into the views, so the response is built without extra copies.
+    """
+    pixels = width * height
+    buffer = np.empty(IMAGE_HEADER.size + 4 * pixels * (5 if with_depth else 4), np.uint8)
+    IMAGE_HEADER.pack_into(buffer, 0, IMAGE_MAGIC, VERSION, HAS_DEPTH if with_depth else 0, width, height)
+    body = buffer[IMAGE_HEADER.size:].view(F32)
+    rgba = body[: 4 * pixels].reshape(height, width, 4)
+    depth = body[4 * pixels:].reshape(height, width) if with_depth else None
+    return buffer, rgba, depth
+
+
 def encode_raw_image(rgba: np.ndarray, depth: np.ndarray | None = None) -> bytes:
     h, w = rgba.shape[:2]
-    header = IMAGE_HEADER.pack(IMAGE_MAGIC, VERSION, HAS_DEPTH if depth is not None else 0, w, h)
-    parts = [header, np.ascontiguousarray(rgba, F32).tobytes()]
+    buffer, rgba_view, depth_view = raw_image_buffer(w, h, depth is not None)
+    rgba_view[...] = rgba
     if depth is not None:
-        parts.append(np.ascontiguousarray(depth, F32).tobytes())
-    return b"".join(parts)
+        depth_view[...] = depth
+    return buffer.tobytes()
 
 
 def decode_raw_image(body: bytes) -> tuple[np.ndarray, np.ndarray | None]:
