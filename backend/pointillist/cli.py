@@ -205,6 +205,14 @@ def cmd_train(args) -> None:
     print(json.dumps({"checkpoint": args.output}))
 
 
+def cmd_serve(args) -> None:
+    from .server.main import run_serve
+
+    code = run_serve(args)
+    if code:
+        raise SystemExit(code)
+
+
 def cmd_evaluate(args) -> None:
     from .atomic import atomic_write
     from .train.evaluate import EvalConfig, evaluate, markdown
@@ -387,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     head_option(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("train", help="train the generator: `ar` first, then `decoder` (resumes where it stopped)")
-    p.add_argument("stage", choices=["ar", "decoder"])
+    p = sub.add_parser("train", help="train the generator: `encoder` (image encoder pre-training), `ar`, then `decoder` (resumes where it stopped)")
+    p.add_argument("stage", choices=["encoder", "ar", "decoder"])
     p.add_argument("--data", required=True, metavar="DIR", help="a dataset from `pointillist dataset build`")
     p.add_argument("-o", "--output", required=True, metavar="SAFETENSORS", help="checkpoint; its .train/.log.csv sidecars sit beside it")
     p.add_argument("--init", metavar="SAFETENSORS", help="start from this checkpoint (the decoder stage needs the AR one)")
@@ -403,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dinov2-weights", metavar="PTH", help="Meta's DINOv2 ViT-S/B/L 14 weights: start the image encoder from them, frozen")
     head_option(p)
     p.set_defaults(func=cmd_train)
+
+    from .server.main import add_serve_arguments  # stdlib-only; torch and fastapi load inside run_serve
+
+    p = sub.add_parser("serve", help="the backend service the Blender add-on talks to (HTTP on loopback)")
+    add_serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("fit", help="detect, align, matte and fit the head model to a portrait")
     p.add_argument("portrait", metavar="PORTRAIT", help="JPEG, PNG, WebP, TIFF or BMP")

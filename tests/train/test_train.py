@@ -27,8 +27,8 @@ def data(tmp_path_factory):
 def _train(data, out, stage, steps, **kw):
     from pointillist.model.config import MODEL_PRESETS
 
-    config = TrainConfig(stage=stage, data=str(data), output=str(out), steps=steps, batch_size=2, save_every=2,
-                         log_every=100, lr=1e-2, warmup=1, render_size=32, model=MODEL_PRESETS["tiny"], **kw)
+    settings = dict(batch_size=2, save_every=2, log_every=100, lr=1e-2, warmup=1, render_size=32, model=MODEL_PRESETS["tiny"])
+    config = TrainConfig(stage=stage, data=str(data), output=str(out), steps=steps, **{**settings, **kw})
     trainer = Trainer(config, log=lambda line: None)
     trainer.run()
     return trainer
@@ -99,3 +99,59 @@ def test_checkpoint_pack_info_and_loss_curves(data, tmp_path, capsys):
     from PIL import Image
 
     assert Image.open(png).size == (520, 300)
+
+
+@pytest.mark.slow
+def test_encoder_pretraining_learns_resumes_and_the_ar_stage_then_keeps_the_encoder_frozen(data, tmp_path):
+    import torch
+
+    enc = tmp_path / "enc.safetensors"
+    first = _train(data, enc, "encoder", 30, batch_size=8, lr=2e-3, save_every=10)
+    losses = [float(r["loss"]) for r in csv.DictReader(open(sidecar(enc, ".log.csv")))]
+    assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])
+    model, info = load_generator(enc)
+    heldout = info["encoder"]["heldout"]
+    assert 0 <= heldout["style_accuracy"] <= 1 and 0 <= heldout["occupancy_iou"] <= 1 and heldout["pose_error_deg"] >= 0
+    from pointillist.model.config import MODEL_PRESETS
+
+    resumed = Trainer(TrainConfig(stage="encoder", data=str(data), output=str(enc), steps=32, batch_size=8, lr=2e-3,
+                                  model=MODEL_PRESETS["tiny"]), log=lambda line: None)
+    assert resumed.step == 30  # weights, optimizer state and the proxy heads come back from the sidecar
+    for name, p in first.proxy.state_dict().items():
+        assert torch.equal(p, resumed.proxy.state_dict()[name]), name
+    resumed.run()
+    assert resumed.step == 32
+    ar = tmp_path / "ar.safetensors"
+    before, _ = load_generator(enc)
+    trainer = _train(data, ar, "ar", 2, init=str(enc))
+    assert trainer.image_encoder_frozen
+    after, info = load_generator(ar)
+    for k, v in after.image_encoder.state_dict().items():
+        assert np.array_equal(v.numpy(), before.image_encoder.state_dict()[k].numpy()), k
+    assert not torch.equal(after.image_proj.weight, before.image_proj.weight)
+    assert info["encoder"]["step"] == 32 and info["ar"]["step"] == 2
+
+
+def test_proxy_targets_mirror_with_the_image():
+    import torch
+
+    from pointillist.train.encoder_pretraining import ProxyTargets, augment_views
+
+    B, G, C = 2, 8, 4
+    occ = torch.zeros(B, G, G, G)
+    occ[:, 0] = 1  # everything on the -x side
+    colour = torch.rand(B, C, C, C, 3)
+    t = ProxyTargets(torch.zeros(B, dtype=torch.long), torch.zeros(B), torch.zeros(B), occ, colour,
+                     torch.ones(B, C, C, C), torch.tensor([[0.5, 0.1], [-0.3, 0.2]]))
+    m = t.mirrored(torch.tensor([True, False]))
+    assert m.occupancy[0, -1].all() and not m.occupancy[0, 0].any() and m.occupancy[1, 0].all()
+    assert torch.equal(m.colour[0], colour[0].flip(0)) and torch.equal(m.colour[1], colour[1])
+    assert torch.allclose(m.pose, torch.tensor([[-0.5, 0.1], [-0.3, 0.2]]))
+    # the image flips with the targets: a left-half-white image becomes right-half-white
+    img = torch.zeros(1, 3, 16, 16)
+    img[..., :8] = 1
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(8):
+        out, tt = augment_views(img, ProxyTargets(*(getattr(t, f)[:1] for f in t.__dataclass_fields__)), rng, 0.0, 0.0)
+        flipped = bool(tt.occupancy[0, -1].all())
+        assert (out[0, 0, 8, 12] > 0.5) == flipped and (out[0, 0, 8, 3] > 0.5) != flipped

@@ -1,8 +1,11 @@
-"""`pointillist train ar|decoder`: the first training loops (CPU-sized; the scale-out issue grows them).
+"""`pointillist train encoder|ar|decoder`: the training loops (CPU-sized; the scale-out issue grows them).
 
+* `encoder`: pre-trains the image encoder on renders with proxy targets (`encoder_pretraining.py`);
+  no pretrained DINOv2 exists here, and trained jointly with the AR model it learned nothing.
 * `ar`: teacher-forced cross-entropy over token windows (the paper's sliding-window training), the
-  image encoder and the head-point encoder trained jointly with the AR transformer (no pretrained DINOv2
-  exists here; `--dinov2-weights` starts the image encoder from Meta's file and freezes it, as the paper).
+  head-point encoder trained jointly with the AR transformer; the image encoder is frozen, as in the paper,
+  when it was pre-trained (`encoder` stage) or comes from Meta's DINOv2 file (`--dinov2-weights`), and
+  trained jointly otherwise.
 * `decoder`: everything else frozen; the Gaussian decoder turns ground-truth points + the AR model's
   teacher-forced hidden states into Gaussians, rendered differentiably against the dataset's views
   (L1 + 0.5 (1 - SSIM) + 0.1 mask term) plus a colour regulariser toward the nearest true Gaussian.
@@ -37,7 +40,7 @@ from ..render.rasterize import rasterize
 from ..render.sh import SH_C0
 from .losses import ssim
 
-STAGES = ("ar", "decoder")
+STAGES = ("encoder", "ar", "decoder")
 
 
 @dataclass
@@ -83,6 +86,8 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed)
         self.model, self.info = self._initial_model()
         self.sampler = SurfaceSampler(self.head.data, self.model.config.points.num_points, seed=0)
+        if config.stage == "encoder":
+            self._setup_encoder_stage()
         self.trainable = self._trainable()
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
         self.step = 0
@@ -93,7 +98,8 @@ class Trainer:
     def _initial_model(self) -> tuple[Generator, dict]:
         cfg = self.cfg
         resume = Path(cfg.output)
-        if resume.exists() and sidecar(resume, ".train.safetensors").exists():
+        self.resuming = resume.exists() and sidecar(resume, ".train.safetensors").exists()
+        if self.resuming:
             model, info = load_generator(resume)
             return model.train(), info
         if cfg.init:
@@ -117,13 +123,40 @@ class Trainer:
             model.image_proj = torch.nn.Linear(enc.config.dim, model.config.ar.dim)
         return model.train(), {}
 
+    def _setup_encoder_stage(self) -> None:
+        from .dataset import SubjectDataset
+        from .encoder_pretraining import ProxyHeads, ViewBank
+
+        if not self.resuming:  # pre-training starts from a fresh ViT of the preset's size
+            from ..model.config import ImageEncoderConfig, dataclass_from_json
+            from ..model.image_encoder import ImageEncoder
+
+            fresh = dataclass_from_json(ImageEncoderConfig, {**asdict(self.model.config.image), **self.cfg.model.get("image", {})}, "image")
+            if fresh.dim != self.model.config.image.dim:
+                raise ValueError(f"image encoder width {fresh.dim} does not fit this checkpoint's {self.model.config.image.dim}")
+            self.model.image_encoder = ImageEncoder(fresh).train()
+            self.model.config.image = fresh
+        size, box = self.model.config.image.image_size, self.model.config.tokenizer
+        self.bank = ViewBank(self.data, size, box, log=self.log)
+        self.heldout_bank = ViewBank(SubjectDataset(self.cfg.data, "heldout"), size, box, views="portrait",
+                                     count_stats=self.bank.count_stats, log=self.log)
+        self.proxy = ProxyHeads(self.model.config.image.dim)
+        self.augment_rng = torch.Generator().manual_seed(self.cfg.seed)
+
+    @property
+    def image_encoder_frozen(self) -> bool:
+        """The AR stage keeps a pre-trained image encoder fixed (the paper freezes DINOv2)."""
+        return bool(self.cfg.dinov2_weights) or "encoder" in self.info
+
     def _trainable(self) -> list[torch.nn.Parameter]:
         m = self.model
         for p in m.parameters():
             p.requires_grad_(False)
-        if self.cfg.stage == "ar":
+        if self.cfg.stage == "encoder":
+            params = list(m.image_encoder.parameters()) + list(self.proxy.parameters())
+        elif self.cfg.stage == "ar":
             parts = [m.point_encoder, m.image_proj, m.point_proj, m.ar]
-            if not self.cfg.dinov2_weights:
+            if not self.image_encoder_frozen:
                 parts.append(m.image_encoder)
             params = [m.source_emb] + [p for part in parts for p in part.parameters()]
         else:
@@ -143,6 +176,9 @@ class Trainer:
             if meta.get("stage") != self.cfg.stage:
                 raise ValueError(f"{state_path}: a {meta.get('stage')!r} run; cannot resume it as {self.cfg.stage!r}")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if self.cfg.stage == "encoder":
+            self.proxy.load_state_dict({k.removeprefix("proxy."): v for k, v in tensors.items() if k.startswith("proxy.")})
+            self.augment_rng.manual_seed(self.cfg.seed + int(meta["step"]))
         state = self.optimizer.state_dict()
         for i in range(len(self.trainable)):
             if f"{i}.exp_avg" in tensors:
@@ -156,10 +192,15 @@ class Trainer:
     def save(self) -> None:
         from safetensors.torch import save
 
-        info = {**self.info, self.cfg.stage: {"step": self.step, "config": asdict(self.cfg),
-                                              "final_loss": self.history[-1]["loss"] if self.history else None}}
-        save_generator(self.cfg.output, self.model, info)
-        tensors = {}
+        stage = {"step": self.step, "config": asdict(self.cfg), "final_loss": self.history[-1]["loss"] if self.history else None}
+        if self.cfg.stage == "encoder":
+            from .encoder_pretraining import proxy_metrics
+
+            stage["heldout"] = proxy_metrics(self.model.image_encoder, self.proxy, self.heldout_bank)
+            stage["count_stats"] = list(self.bank.count_stats)
+            self.log(json.dumps({"encoder_heldout": stage["heldout"], "step": self.step}))
+        save_generator(self.cfg.output, self.model, {**self.info, self.cfg.stage: stage})
+        tensors = {f"proxy.{k}": v.detach().contiguous() for k, v in self.proxy.state_dict().items()} if self.cfg.stage == "encoder" else {}
         for i, st in self.optimizer.state_dict()["state"].items():
             tensors[f"{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
             tensors[f"{i}.exp_avg"] = st["exp_avg"].contiguous()
@@ -174,6 +215,13 @@ class Trainer:
 
     def conditioning_inputs(self, records: list) -> tuple[torch.Tensor, torch.Tensor]:
         return conditioning_inputs(self.model, self.head, self.sampler, records)
+
+    def encoder_loss(self) -> tuple[torch.Tensor, dict]:
+        from .encoder_pretraining import proxy_loss
+
+        idx = torch.randint(len(self.bank), (self.cfg.batch_size,), generator=self.augment_rng)
+        images, targets = self.bank.batch(idx, self.augment_rng)
+        return proxy_loss(self.proxy(self.model.image_encoder(images)), targets)
 
     def ar_loss(self, records: list, image_scale: float = 1.0) -> torch.Tensor:
         m = self.model
@@ -279,8 +327,10 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr_at(self.step)
             t0 = time.perf_counter()
-            records = self._records()
-            if c.stage == "ar":
+            records = self._records() if c.stage != "encoder" else []
+            if c.stage == "encoder":
+                loss, extra = self.encoder_loss()
+            elif c.stage == "ar":
                 loss, extra = self.ar_loss(records), {}
             else:
                 loss, extra = self.decoder_loss(records)
