@@ -109,7 +109,7 @@ def test_encoder_pretraining_learns_resumes_and_the_ar_stage_then_keeps_the_enco
     first = _train(data, enc, "encoder", 30, batch_size=8, lr=2e-3, save_every=10)
     losses = [float(r["loss"]) for r in csv.DictReader(open(sidecar(enc, ".log.csv")))]
     assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])
-    model, info = load_generator(enc)
+    _, info = load_generator(enc)
     heldout = info["encoder"]["heldout"]
     assert 0 <= heldout["style_accuracy"] <= 1 and 0 <= heldout["occupancy_iou"] <= 1 and heldout["pose_error_deg"] >= 0
     from pointillist.model.config import MODEL_PRESETS

@@ -104,7 +104,7 @@ class ViewBank:
             if (n + 1) % 100 == 0:
                 log(f"encoder data: {n + 1}/{len(dataset)} subjects")
         self.images = torch.cat(images)
-        stack = lambda key: torch.as_tensor(np.stack([t[key] for t in per_subject]))  # noqa: E731
+        stack = lambda key: torch.as_tensor(np.stack([t[key] for t in per_subject]))
         log_count = torch.log(stack("count"))
         self.count_stats = count_stats or (float(log_count.mean()), float(log_count.std().clamp_min(1e-3)))
         mean, std = self.count_stats
