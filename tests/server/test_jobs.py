@@ -203,12 +203,10 @@ def test_item18_shutdown_interrupts_jobs_and_respects_its_limit(tmp_path, stubbo
     running, _ = manager.submit(b"image-1", {})
     queued, _ = manager.submit(b"image-2", {})
     assert runner.started.wait(30)
-    start = time.monotonic()
     stopped = manager.shutdown(0.3 if stubborn else 30)
-    elapsed = time.monotonic() - start
     assert stopped is (not stubborn)
-    if stubborn:
-        assert elapsed < 30  # returned at its limit instead of waiting for the job (a bound, not a benchmark)
+    if stubborn:  # it returned at its limit while the job still held the worker, instead of waiting for it
+        assert manager._thread.is_alive() and not runner.release.is_set()
         runner.release.set()
         manager._thread.join(30)
     assert manager.get(queued["job_id"])["error"]["code"] == "interrupted"
