@@ -165,17 +165,21 @@ def encode_object(attrs: ObjectAttributes) -> bytes:
     return b"".join(parts)
 
 
+def _check_header(kind: str, magic: bytes, expected: bytes, version: int, flags: int, known_flags: int) -> None:
+    if magic != expected:
+        raise PayloadError(f"{kind} payload: magic {magic!r}, expected {expected!r}")
+    if version != VERSION:
+        raise PayloadError(f"{kind} payload: version {version}, this service reads version {VERSION}")
+    if flags & ~known_flags:
+        raise PayloadError(f"{kind} payload: unknown flag bits {flags & ~known_flags:#x}")
+
+
 def parse_object(body: bytes, limits: PayloadLimits = PayloadLimits()) -> ObjectAttributes:
     view = memoryview(body)
     if len(view) < OBJECT_HEADER.size:
         raise PayloadError(f"object payload: {len(view)} bytes is shorter than its {OBJECT_HEADER.size}-byte header")
     magic, version, flags, n, degree, reserved = OBJECT_HEADER.unpack_from(view, 0)
-    if magic != OBJECT_MAGIC:
-        raise PayloadError(f"object payload: magic {magic!r}, expected {OBJECT_MAGIC!r}")
-    if version != VERSION:
-        raise PayloadError(f"object payload: version {version}, this service reads version {VERSION}")
-    if flags & ~(COLORS_RGB | REST_QUATS):
-        raise PayloadError(f"object payload: unknown flag bits {flags & ~(COLORS_RGB | REST_QUATS):#x}")
+    _check_header("object", magic, OBJECT_MAGIC, version, flags, COLORS_RGB | REST_QUATS)
     if reserved != b"\0\0\0":
         raise PayloadError("object payload: reserved bytes must be zero")
     if not 1 <= n <= limits.max_gaussians_per_object:
@@ -237,12 +241,7 @@ def parse_render(body: bytes, limits: PayloadLimits = PayloadLimits()) -> Render
     viewmat = np.array(fields[11:27], np.float32).reshape(4, 4)
     K = np.array(fields[27:36], np.float32).reshape(3, 3)
     reserved = fields[36]
-    if magic != RENDER_MAGIC:
-        raise PayloadError(f"render payload: magic {magic!r}, expected {RENDER_MAGIC!r}")
-    if version != VERSION:
-        raise PayloadError(f"render payload: version {version}, this service reads version {VERSION}")
-    if flags & ~(WANT_DEPTH | RAW):
-        raise PayloadError(f"render payload: unknown flag bits {flags & ~(WANT_DEPTH | RAW):#x}")
+    _check_header("render", magic, RENDER_MAGIC, version, flags, WANT_DEPTH | RAW)
     if flags & WANT_DEPTH and not flags & RAW:
         raise PayloadError("render payload: depth is only returned with the RAW flag (PNG carries RGBA only)")
     if reserved != 0:
