@@ -111,6 +111,8 @@ def test_item14_cancel_inside_ar_decoding(slow_app, portrait_png):
 
     def decoding(job):
         seen.append(job["progress"])
+        if job["state"] == "queued":  # the worker has not picked it up yet
+            return False
         return job["state"] != "running" or (job["stage"] == "generate" and job["progress"] > 0.16)
 
     job = slow_app.wait(job_id, decoding, interval=0.02)
