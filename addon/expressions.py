@@ -1,0 +1,9 @@
+"""(being written)"""
+
+
+def register() -> None:
+    pass
+
+
+def unregister() -> None:
+    pass

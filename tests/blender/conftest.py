@@ -1,0 +1,95 @@
+"""Run scripts inside the real `bpy` module, once per Blender version this machine has.
+
+Every Blender test runs in a fresh subprocess (bpy and torch/numba never share a process, and each test starts
+from factory settings). Interpreters: this environment's Python (bpy 5.x) and, when `./dev test` has made
+it, `.venv-bpy42` (Blender 4.2 LTS). The add-on is loaded from the source tree as an extension in a
+throw-away repository, exactly the way Blender loads an installed one (`bl_ext.<repo>.pointillist`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ADDON_MODULE = "bl_ext.pointillist_dev.pointillist"
+
+
+def blender_pythons() -> list[tuple[str, str]]:
+    """(label, interpreter) for every environment that can import bpy."""
+    found = []
+    for label, python in (("bpy5", sys.executable), ("bpy42", str(ROOT / ".venv-bpy42" / "bin" / "python"))):
+        if Path(python).exists() and subprocess.run([python, "-c", "import bpy"], capture_output=True).returncode == 0:
+            found.append((label, python))
+    return found
+
+
+_PYTHONS = blender_pythons()
+
+
+@pytest.fixture(scope="session")
+def dev_extension_repo(tmp_path_factory) -> Path:
+    """A repository folder holding `pointillist/` = the source add-on + manifest (symlinks, so edits show)."""
+    repo = tmp_path_factory.mktemp("extensions")
+    pkg = repo / "pointillist"
+    pkg.mkdir()
+    for entry in (ROOT / "addon").iterdir():
+        if entry.name != "__pycache__":
+            (pkg / entry.name).symlink_to(entry)
+    (pkg / "blender_manifest.toml").symlink_to(ROOT / "blender_manifest.toml")
+    return repo
+
+
+PRELUDE = textwrap.dedent(
+    """
+    import json, os, sys
+    sys.path.insert(0, {backend!r})
+    import bpy, addon_utils
+    ARGS = json.loads(os.environ["POINTILLIST_TEST_ARGS"])
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    if {enable!r}:
+        repo = bpy.context.preferences.extensions.repos.new(name="pointillist_dev", module="pointillist_dev",
+                                                             custom_directory={repo!r}, source="USER")
+        addon_utils.enable({module!r}, default_set=True, handle_error=None)
+        ADDON = sys.modules[{module!r}]
+
+    def emit(**values):
+        with open(os.environ["POINTILLIST_TEST_OUT"], "w") as fh:
+            json.dump(values, fh)
+    """
+)
+
+
+class BlenderRunner:
+    """`run(script, **args) -> dict`: the script sees ARGS, ADDON (the enabled add-on module) and emit()."""
+
+    def __init__(self, label: str, python: str, repo: Path, tmp_path: Path):
+        self.label, self.python, self.repo, self.tmp_path = label, python, repo, tmp_path
+
+    def run(self, script: str, *, enable_addon: bool = True, timeout: float = 600, check: bool = True, **args) -> dict:
+        prelude = PRELUDE.format(backend=str(ROOT / "backend"), enable=enable_addon, repo=str(self.repo),
+                                 module=ADDON_MODULE)
+        path = self.tmp_path / f"blender_script_{self.label}.py"
+        path.write_text(prelude + "\n" + textwrap.dedent(script))
+        out = self.tmp_path / f"blender_out_{self.label}.json"
+        out.unlink(missing_ok=True)
+        env = {**os.environ, "POINTILLIST_TEST_ARGS": json.dumps(args), "POINTILLIST_TEST_OUT": str(out),
+               "BLENDER_USER_RESOURCES": str(self.tmp_path / f"blender-user-{self.label}")}
+        proc = subprocess.run([self.python, str(path)], capture_output=True, text=True, env=env, timeout=timeout)
+        self.stdout, self.stderr, self.returncode = proc.stdout, proc.stderr, proc.returncode
+        if check:
+            assert proc.returncode == 0, f"Blender script failed ({self.label}):\n{proc.stderr[-4000:]}"
+        return json.loads(out.read_text()) if out.exists() else {}
+
+
+@pytest.fixture(params=[label for label, _ in _PYTHONS] or [pytest.param("none", marks=pytest.mark.skip("no bpy"))])
+def blender(request, dev_extension_repo, tmp_path) -> BlenderRunner:
+    """A runner for each Blender version available (5.x always in CI; 4.2 LTS when `.venv-bpy42` exists)."""
+    python = dict(_PYTHONS)[request.param]
+    return BlenderRunner(request.param, python, dev_extension_repo, tmp_path)
