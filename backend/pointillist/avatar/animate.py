@@ -2,8 +2,8 @@
 
 A Gaussian's rig data is the barycentric blend of its triangle's vertex data (the paper's scheme):
 LBS weights (→ Blender vertex groups), one displacement per expression (→ shape keys) and, with FLAME,
-pose correctives (→ corrective shape keys). `PointRig` holds exactly those arrays so the Blender
-side is filled from the same numbers the backend animates with.
+pose correctives (→ corrective shape keys). `PointRig` (point_rig.py, numpy only) holds exactly those
+arrays, and the Blender add-on builds them with the same function, so both sides animate the same numbers.
 """
 
 from __future__ import annotations
@@ -22,17 +22,9 @@ from ..head.lbs import (
 )
 from ..head.model import HeadModel
 from .gaussians import Avatar, AvatarFormatError
+from .point_rig import PointRig, build_point_rig
 
-
-@dataclass
-class PointRig:
-    """Per-Gaussian rig arrays (numpy, float32), N Gaussians, E expressions, J = 5 joints."""
-
-    lbs_weights: np.ndarray  # (N, 5) rows sum to 1 -> vertex groups root, neck, jaw, left_eye, right_eye
-    expr_offsets: np.ndarray  # (N, 3, E) displacement of each Gaussian per unit expression -> shape keys
-    expr_names: list[str]
-    pose_offsets: np.ndarray | None  # (36, N, 3) FLAME pose correctives per rotation-matrix element, or None
-    rest_joints: np.ndarray  # (5, 3) joint locations of the avatar's identity -> armature bones
+__all__ = ["AvatarAnimator", "PointRig", "PosedGaussians", "animate", "point_rig", "identity_tensors"]
 
 
 @dataclass
@@ -44,34 +36,8 @@ class PosedGaussians:
 
 
 def point_rig(avatar: Avatar, head: HeadModel) -> PointRig:
-    """Blend the bound triangles' vertex data with each Gaussian's barycentrics."""
-    if avatar.binding is None:
-        raise AvatarFormatError("field 'binding': this avatar is not bound to a head (a plain 3DGS PLY cannot be animated)")
-    tri = np.asarray(avatar.binding.triangles, dtype=np.int64)
-    if tri.size and (tri.min() < 0 or tri.max() >= head.num_faces):
-        raise AvatarFormatError(f"field 'binding': triangle index out of range for head model {head.model_id!r} ({head.num_faces} triangles)")
-    data = head.data
-    corners = data.faces[tri]  # (N, 3)
-    bary = np.asarray(avatar.binding.barycentrics, dtype=np.float64)
-
-    def blend(per_vertex: np.ndarray) -> np.ndarray:
-        out = sum(bary[:, k].reshape(-1, *([1] * (per_vertex.ndim - 1))) * per_vertex[corners[:, k]] for k in range(3))
-        return np.asarray(out, dtype=np.float32)
-
-    pose_offsets = None
-    if data.pose_dirs is not None:
-        per_vertex = data.pose_dirs.reshape(data.pose_dirs.shape[0], -1, 3).transpose(1, 0, 2)  # (V, 36, 3)
-        pose_offsets = blend(per_vertex).transpose(1, 0, 2)
-    identity = identity_tensors(avatar, head)
-    with torch.no_grad():
-        rest_joints = head.rest_joints(head.identity_vertices(*identity))[0].numpy()
-    return PointRig(
-        lbs_weights=blend(data.lbs_weights),
-        expr_offsets=blend(data.expr_dirs),
-        expr_names=list(data.expr_names),
-        pose_offsets=pose_offsets,
-        rest_joints=rest_joints.astype(np.float32),
-    )
+    """Blend the bound triangles' vertex data with each Gaussian's barycentrics (numpy, shared with Blender)."""
+    return build_point_rig(avatar, head.data)
 
 
 def identity_tensors(avatar: Avatar, head: HeadModel) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -13,6 +13,9 @@
 Writers build the whole bundle beside its destination and move it into place with renames, so readers
 never see half a bundle. Readers refuse unsafe zips (absolute or `..` paths, links, zip bombs, too many
 entries) and read members into memory; nothing is ever extracted to disk.
+
+Pillow is imported only where PNGs are encoded or decoded, and `read_source=False` skips the source images,
+so the Blender add-on (numpy only) reads bundles with this same code.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image
 
 from .gaussians import FORMAT_VERSION, Avatar, AvatarFormatError, HeadIdentity, SourceInfo, validate_avatar
 from .ply import atomic_write, fsync_dir, gaussians_from_ply_bytes, gaussians_to_ply_bytes
@@ -194,14 +196,19 @@ def _json(value, field: str) -> bytes:
 
 
 def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------- read
-def read_bundle(path: str | os.PathLike, limits: ZipLimits = ZipLimits()) -> Avatar:
-    """Read a bundle folder or zip; every problem is an `AvatarFormatError` naming it."""
+def read_bundle(path: str | os.PathLike, limits: ZipLimits = ZipLimits(), *, read_source: bool = True) -> Avatar:
+    """Read a bundle folder or zip; every problem is an `AvatarFormatError` naming it.
+
+    `read_source=False` leaves `avatar.source` None and never touches Pillow (Blender has no Pillow).
+    """
     path = Path(path)
     if path.is_dir():
         members = _read_folder_members(path, limits)
@@ -209,7 +216,7 @@ def read_bundle(path: str | os.PathLike, limits: ZipLimits = ZipLimits()) -> Ava
         members = read_zip_members(path, limits)
     else:
         raise AvatarFormatError(f"{path}: no such bundle (expected a folder or a .zip)")
-    return avatar_from_members(members, str(path))
+    return avatar_from_members(members, str(path), read_source=read_source)
 
 
 def _read_folder_members(path: Path, limits: ZipLimits) -> dict[str, bytes]:
@@ -304,7 +311,7 @@ def _common_folder(names: list[str]) -> str:
     return ""
 
 
-def avatar_from_members(members: dict[str, bytes], name: str) -> Avatar:
+def avatar_from_members(members: dict[str, bytes], name: str, *, read_source: bool = True) -> Avatar:
     """Decode and validate an avatar from bundle members (see the module docstring for the layout)."""
     for required in (MANIFEST, PLY):
         if required not in members:
@@ -333,7 +340,7 @@ def avatar_from_members(members: dict[str, bytes], name: str) -> Avatar:
         raise AvatarFormatError(f"{name}: avatar.json field 'meta' must be an object")
     meta = {"format_version": FORMAT_VERSION, **{k: manifest[k] for k in PROMOTED_META if k in manifest}, **meta}
     avatar = Avatar(gaussians=gaussians, binding=binding, identity=_identity(manifest, members, name),
-                    source=_source(members, name), meta=meta)
+                    source=_source(members, name) if read_source else None, meta=meta)
     try:
         validate_avatar(avatar)
     except AvatarFormatError as exc:
@@ -368,6 +375,8 @@ def _identity(manifest: dict, members: dict[str, bytes], name: str) -> HeadIdent
 def _source(members: dict[str, bytes], name: str) -> SourceInfo | None:
     if not any(k.startswith("source/") for k in members):
         return None
+    from PIL import Image
+
     try:
         image = _read_png(members, SRC_IMAGE, "RGB")
         matte = _read_png(members, SRC_MATTE, "L")
@@ -385,6 +394,8 @@ def _source(members: dict[str, bytes], name: str) -> SourceInfo | None:
 def _read_png(members: dict[str, bytes], key: str, mode: str) -> np.ndarray | None:
     if key not in members:
         return None
+    from PIL import Image
+
     with Image.open(io.BytesIO(members[key])) as im:
         if im.format != "PNG" or im.mode != mode:
             raise ValueError(f"{key} must be a {mode} PNG, got {im.format} {im.mode}")

@@ -13,11 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..head.data import JOINT_NAMES
-
-#: ARKit's jawOpen = 1 opens the jaw this far (FLAME fits of wide-open mouths reach ~25-30°).
-JAW_OPEN_FULL_DEG = 25.0
-#: ARKit eyeLook* = 1 turns the eye this far.
-EYE_LOOK_FULL_DEG = 30.0
+from .face_angles import EYE_LOOK_FULL_DEG, JAW_OPEN_FULL_DEG, eye_look_offset, euler_yxz_axis_angle  # noqa: F401 (re-exported)
 
 
 class ControlError(ValueError):
@@ -50,21 +46,12 @@ class FaceControls:
             elif name == "jawOpen":
                 jaw += JAW_OPEN_FULL_DEG * float(value)
             elif name.startswith("eyeLook") and name.endswith(("Left", "Right")):
-                side = "left_eye" if name.endswith("Left") else "right_eye"
-                direction = name[len("eyeLook"):-len("Left" if name.endswith("Left") else "Right")]
-                amount = EYE_LOOK_FULL_DEG * float(value)
-                # ARKit: In/Out are relative to the nose; for the left eye "Out" is toward +X
-                sign_out = 1.0 if side == "left_eye" else -1.0
-                if direction == "Up":
-                    eye_extra[side][1] += amount
-                elif direction == "Down":
-                    eye_extra[side][1] -= amount
-                elif direction == "Out":
-                    eye_extra[side][0] += sign_out * amount
-                elif direction == "In":
-                    eye_extra[side][0] -= sign_out * amount
-                else:
+                look = eye_look_offset(name, value)  # ARKit: In/Out are relative to the nose
+                if look is None:
                     raise ControlError(f"unknown expression {name!r}")
+                side, dx, dy = look
+                eye_extra[side][0] += dx
+                eye_extra[side][1] += dy
             elif not strict:
                 continue
             else:
@@ -82,10 +69,7 @@ class FaceControls:
 
 def _euler_yxz(yaw_deg: float, pitch_deg: float, roll_deg: float) -> torch.Tensor:
     """Axis-angle of R = Ry(yaw) Rx(pitch) Rz(roll) (head space: yaw about +Y, pitch about +X)."""
-    from scipy.spatial.transform import Rotation
-
-    rot = Rotation.from_euler("YXZ", [yaw_deg, pitch_deg, roll_deg], degrees=True)
-    return torch.as_tensor(rot.as_rotvec(), dtype=torch.float32)
+    return torch.as_tensor(euler_yxz_axis_angle(yaw_deg, pitch_deg, roll_deg), dtype=torch.float32)
 
 
 def parse_expression_assignments(items: list[str]) -> dict[str, float]:
