@@ -169,7 +169,10 @@ class BackendProcess:
             raise BackendProcessError(f"cannot run {python}: {exc.strerror or exc}") from None
         line = self._read_line(timeout, cancel)
         if not line:
-            code = self.proc.poll()
+            try:
+                code = self.proc.wait(2)  # stdout closed: it is exiting, or give up on it
+            except subprocess.TimeoutExpired:
+                code = None
             self.stop()
             if cancel is not None and cancel.is_set():
                 raise BackendProcessError("cancelled while the backend was starting")

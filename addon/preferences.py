@@ -39,7 +39,7 @@ def private_venv() -> Path:
 
 def resolved_python(prefs) -> str:
     """The preference if set, else the checkout's .venv or the private venv (see backend_process)."""
-    return bpy.path.abspath(prefs.python_path) if prefs.python_path else detect_python(private_venv(), ADDON_DIR)
+    return bpy.path.abspath(prefs.python_path) if prefs.python_path else detect_python(private_venv(), Path(__file__))
 
 
 def cache_dir(prefs) -> Path:

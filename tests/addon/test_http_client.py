@@ -1,0 +1,55 @@
+"""The stdlib client: URL parsing, multipart bodies the backend's parser accepts, and error messages."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from addon.http_client import BackendError, Client, Endpoint, describe, encode_multipart
+
+
+def test_endpoint_parsing():
+    assert Endpoint.parse("http://127.0.0.1:8765") == Endpoint("http", "127.0.0.1", 8765, "")
+    assert Endpoint.parse("https://gpu.example/api/") == Endpoint("https", "gpu.example", 443, "/api")
+    for bad in ("", "ftp://x", "127.0.0.1:80", "http://x:notaport"):
+        with pytest.raises(BackendError, match="backend URL"):
+            Endpoint.parse(bad)
+
+
+def test_multipart_round_trips_through_the_email_parser():
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    body, ctype = encode_multipart({"image": ("a\"b.png", b"\x89PNG\r\n--x", "image/png"),
+                                    "options": (None, b'{"seed": 1}', "application/json")})
+    message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {ctype}\r\n\r\n".encode() + body)
+    parts = {p.get_param("name", header="content-disposition"): p for p in message.iter_parts()}
+    assert parts["image"].get_content() == b"\x89PNG\r\n--x" and parts["image"].get_filename() == "a_b.png"
+    assert json.loads(parts["options"].get_payload(decode=True)) == {"seed": 1}
+
+
+def test_an_unreachable_backend_says_so():
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(BackendError, match="cannot reach the backend") as info:
+        Client(f"http://127.0.0.1:{port}", "t").health()
+    assert info.value.code == "unreachable"
+
+
+def test_server_error_codes_get_a_hint_before_the_servers_message():
+    assert describe("bad_image", "no face found") == "the portrait cannot be used: no face found"
+    assert describe("unknown_code", "msg") == "msg"
+    with pytest.raises(BackendError) as info:
+        Client("http://127.0.0.1:1", "t")._decode(401, b'{"error": {"code": "unauthorized", "message": "wrong"}}')
+    assert info.value.code == "unauthorized" and "refused the token" in str(info.value)
+    with pytest.raises(BackendError, match="HTTP 502"):
+        Client("http://127.0.0.1:1", "t")._decode(502, b"<html>bad gateway</html>")
+    with pytest.raises(BackendError, match="not JSON"):
+        Client("http://127.0.0.1:1", "t")._decode(200, b"<html>")
+
+
+def test_submit_of_a_missing_file_is_an_io_error(tmp_path):
+    with pytest.raises(BackendError, match="cannot read the portrait"):
+        Client("http://127.0.0.1:1", "t").submit(tmp_path / "missing.png")
