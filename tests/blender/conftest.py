@@ -96,3 +96,76 @@ def blender(request, dev_extension_repo, tmp_path) -> BlenderRunner:
     """A runner for each Blender version available (5.x always in CI; 4.2 LTS when `.venv-bpy42` exists)."""
     python = dict(_PYTHONS)[request.param]
     return BlenderRunner(request.param, python, dev_extension_repo, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def avatar_bundles(tmp_path_factory) -> dict:
+    """Small procedural rigged bundles (built here with torch, imported in Blender): a zip, a folder, and a plain
+    3DGS PLY of the same Gaussians (no binding)."""
+    sys.path.insert(0, str(ROOT / "backend"))
+    from pointillist.avatar.bundle import write_bundle
+    from pointillist.avatar.ply import write_gaussian_ply
+    from pointillist.synth.procedural import make_procedural_avatar
+
+    folder = tmp_path_factory.mktemp("bundles")
+    avatar = make_procedural_avatar(3, density=0.05, hair_style="short", beard=False)
+    write_bundle(avatar, folder / "small.zip")
+    write_bundle(avatar, folder / "small")
+    write_gaussian_ply(folder / "plain.ply", avatar.gaussians)
+    return {"zip": folder / "small.zip", "folder": folder / "small", "ply": folder / "plain.ply",
+            "count": avatar.gaussians.num}
+
+
+# ------------------------------------------------------------------------------------ add-on part A helpers
+# A real backend on loopback (tiny random generator, seconds per job) shared by the Create Avatar and client
+# tests, the astronaut portrait, a faceless image, and the built extension zip.
+from ..server.conftest import live_server, tiny_checkpoint, wall_png  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def astronaut_jpg(tmp_path_factory) -> Path:
+    """skimage's astronaut (a public-domain NASA portrait that ships inside scikit-image)."""
+    from PIL import Image
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("portraits") / "astronaut.jpg"
+    Image.fromarray(data.astronaut()).save(path, quality=95)
+    return path
+
+
+@pytest.fixture(scope="session")
+def built_zip(tmp_path_factory) -> Path:
+    """dist-style extension zip built by build_addon.py (validated by Blender's tool on the way)."""
+    sys.path.insert(0, str(ROOT))
+    import build_addon
+
+    return build_addon.build(tmp_path_factory.mktemp("dist"))
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as gone); Linux /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (Linux /proc children lists)."""
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except FileNotFoundError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{current}/task/{task}/children") as fh:
+                    kids = {int(k) for k in fh.read().split()}
+            except FileNotFoundError:
+                continue
+            todo.extend(kids - found)
+            found |= kids
+    return found
