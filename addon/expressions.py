@@ -97,10 +97,8 @@ def add_gaze_target(context, arm: bpy.types.Object, distance: float = 0.6) -> bp
 class _AvatarOperator:
     avatar: StringProperty(name="Avatar", description="Object of the avatar (default: the active object)", default="")
 
-    @classmethod
-    def poll(cls, context):
-        return avatar_parts(context.active_object)[0] is not None
-
+    # No poll: the panel shows these buttons only for an avatar, and a script calling them without one
+    # gets a message saying what to select rather than "context is incorrect".
     def _parts(self, context):
         return resolve_avatar(context, self.avatar)
 
