@@ -303,6 +303,39 @@ def cmd_head_build_template(args) -> None:
                       "shape_components": data.num_shape, "expressions": data.num_expr}))
 
 
+def cmd_export(args) -> None:
+    from .export.formats import ExportRequest, check_output, export_avatar
+    from .export.gaussian_avatars_export import is_flame
+    from .export.motion import FrameRange, load_motion
+    from .export.posing import FramePose
+
+    controls_given = bool(args.expr) or any((args.jaw, args.neck_yaw, args.neck_pitch, *args.gaze))
+    if args.frame is not None and controls_given:
+        raise CliError("--frame poses from the motion; it cannot be combined with --expr/--jaw/--neck-*/--gaze")
+    if args.frames and args.format not in ("ply-seq", "glb"):
+        raise CliError(f"--frames applies to ply-seq and glb (an animation clip), not {args.format}")
+    if args.format == "ply-seq" and (args.frame is not None or controls_given):
+        raise CliError("ply-seq poses every frame from --motion; use --frames FIRST:LAST, not --frame or pose options")
+    frames = FrameRange.parse(args.frames) if args.frames else None
+    check_output(args.output, args.format, args.overwrite)
+    avatar, animator = _load_avatar_and_head(args.bundle, args.head)
+    head = animator.head
+    names = list(head.expr_names)
+    motion = None
+    if args.format == "ply-seq" or args.frame is not None or args.frames or args.motion != "talk":
+        motion = load_motion(args.motion, names, is_flame(head), args.fps)
+    frame = None
+    if args.frame is not None:
+        frame = motion.frame(args.frame)
+    elif controls_given:
+        frame = FramePose.from_controls(_controls_from_args(args), names)
+    clip = motion if (args.format == "ply-seq" or args.frames) else None
+    request = ExportRequest(args.format, Path(args.output), frame=frame, motion=clip, frames=frames)
+    paths = export_avatar(avatar, head, request, progress=_progress("export"))
+    print(json.dumps({"format": args.format, "output": str(args.output), "files": len(paths),
+                      "bytes": sum(p.stat().st_size for p in paths)}))
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -317,6 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def head_option(p):
         p.add_argument("--head", metavar="NPZ", help="head model .npz (default: the bundled procedural head)")
+
+    def pose_options(p):
+        p.add_argument("--expr", "--expression", dest="expr", action="append", metavar="NAME=VALUE",
+                       help="expression weight, repeatable (e.g. mouthSmileLeft=0.8, jawOpen=0.5)")
+        p.add_argument("--jaw", type=float, default=0.0, metavar="DEG", help="jaw opening")
+        p.add_argument("--neck-yaw", type=float, default=0.0, metavar="DEG", help="head turn toward the subject's left")
+        p.add_argument("--neck-pitch", type=float, default=0.0, metavar="DEG", help="head nod down")
+        p.add_argument("--gaze", type=float, nargs=2, default=[0.0, 0.0], metavar=("X", "Y"), help="eye rotation in degrees: toward the subject's left, up")
 
     def view_options(p, default_size=512):
         p.add_argument("--yaw", type=float, default=0.0, metavar="DEG", help="camera orbit toward the subject's left")
@@ -428,11 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="render a posed avatar to a PNG")
     p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument("-o", "--output", required=True, metavar="PNG")
-    p.add_argument("--expr", action="append", metavar="NAME=VALUE", help="expression weight, repeatable (e.g. mouthSmileLeft=0.8, jawOpen=0.5)")
-    p.add_argument("--jaw", type=float, default=0.0, metavar="DEG", help="jaw opening")
-    p.add_argument("--neck-yaw", type=float, default=0.0, metavar="DEG", help="head turn toward the subject's left")
-    p.add_argument("--neck-pitch", type=float, default=0.0, metavar="DEG", help="head nod down")
-    p.add_argument("--gaze", type=float, nargs=2, default=[0.0, 0.0], metavar=("X", "Y"), help="eye rotation in degrees: toward the subject's left, up")
+    pose_options(p)
     view_options(p)
     head_option(p)
     p.set_defaults(func=cmd_render)
@@ -449,6 +486,24 @@ def build_parser() -> argparse.ArgumentParser:
     view_options(p, default_size=384)
     head_option(p)
     p.set_defaults(func=cmd_preview)
+
+    from .export.names import FORMATS  # stdlib-only, so --help stays instant
+
+    p = sub.add_parser("export", help="write a bundle as PLY, a PLY sequence, glTF (GLB) or GaussianAvatars files",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="formats:\n" + "\n".join(f"  {k:<16} {v}" for k, v in FORMATS.items()))
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("--format", required=True, choices=list(FORMATS))
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="a file (ply, glb) or a folder (ply-seq, gaussianavatars)")
+    p.add_argument("--frame", type=_positive_int, metavar="N", help="pose at frame N of --motion (ply, glb)")
+    p.add_argument("--frames", metavar="FIRST:LAST", help="frame range, 1-based inclusive: ply-seq files, or a glb animation clip")
+    p.add_argument("--motion", default="talk", metavar="talk|JSON|NPZ",
+                   help="built-in 'talk' (default), FaceControls JSON ({\"fps\", \"frames\": [...]}) or FLAME parameters .npz")
+    p.add_argument("--fps", type=float, metavar="FPS", help="frames per second (default: the motion file's, else 25)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    pose_options(p)
+    head_option(p)
+    p.set_defaults(func=cmd_export)
 
     head = sub.add_parser("head", help="head model tools").add_subparsers(dest="head_command", required=True, metavar="SUBCOMMAND")
     p = head.add_parser("contact-sheet", help="one render per expression, to judge the blendshapes")
@@ -485,7 +540,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .pipeline import CreateError
     from .train.dataset import DatasetError
 
-    errors += [AvatarFormatError, CalibrationError, CheckpointError, DatasetError, CreateError]
+    from .export.errors import ExportError
+
+    errors += [AvatarFormatError, CalibrationError, CheckpointError, DatasetError, CreateError, ExportError]
     try:
         from .preprocess.decode import PortraitError
 

@@ -11,7 +11,9 @@ One module per concept:
 - `gltf_rig`     the skinned proxy: head mesh, 5-joint skin, expression morph targets, animation clip
 - `glb`          both of the above in one .glb
 - `gaussian_avatars_export`  GaussianAvatars' point_cloud.ply + flame_param.npz (FLAME heads only)
-- `formats`      the format names the CLI offers and one dispatch function
+- `names`        the format names the CLI offers (stdlib only)
+- `formats`      one dispatch function over them
+- `errors`       `ExportError`, for problems a user can fix
 
 Submodules import torch, so nothing is imported here.
 """

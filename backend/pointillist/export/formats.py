@@ -13,16 +13,10 @@ from pathlib import Path
 from ..avatar.animate import AvatarAnimator
 from ..avatar.gaussians import Avatar
 from ..head.model import HeadModel
+from .errors import ExportError
 from .motion import FrameRange, Motion
+from .names import FORMATS
 from .posing import FramePose
-
-#: name -> what it writes (shown in `pointillist export --help`).
-FORMATS: dict[str, str] = {
-    "ply": "Inria 3DGS PLY at rest or posed (OUT is a .ply file)",
-    "ply-seq": "PLY sequence over a frame range (OUT is a folder of frame_0001.ply ...)",
-    "glb": "glTF binary: KHR_gaussian_splatting splats + skinned proxy with shape keys (+ clip with --frames)",
-    "gaussianavatars": "GaussianAvatars point_cloud.ply + flame_param.npz (OUT is a folder; FLAME heads only)",
-}
 
 
 @dataclass
@@ -41,7 +35,7 @@ def export_avatar(avatar: Avatar, head: HeadModel, request: ExportRequest,
     """Run one export; returns the files written."""
     fmt = request.format
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     posed = request.frame is not None and not request.frame.is_rest
     needs_rig = posed or request.motion is not None
     animator = AvatarAnimator(avatar, head) if needs_rig else None
@@ -53,7 +47,7 @@ def export_avatar(avatar: Avatar, head: HeadModel, request: ExportRequest,
         from .inria_ply import export_ply_sequence
 
         if request.motion is None:
-            raise ValueError("ply-seq needs a motion (e.g. the built-in 'talk')")
+            raise ExportError("ply-seq needs a motion (e.g. the built-in 'talk')")
         frames = request.frames or request.motion.default_range()
         return export_ply_sequence(animator, request.output, request.motion, frames, progress)
     if fmt == "glb":
@@ -66,7 +60,7 @@ def export_avatar(avatar: Avatar, head: HeadModel, request: ExportRequest,
     from .gaussian_avatars_export import export_gaussian_avatars
 
     if posed or request.motion is not None:
-        raise ValueError("gaussianavatars exports the avatar at rest (its flame_param.npz holds one neutral timestep)")
+        raise ExportError("gaussianavatars exports the avatar at rest (its flame_param.npz holds one neutral timestep)")
     return list(export_gaussian_avatars(avatar, head, request.output))
 
 

@@ -20,6 +20,7 @@ from .. import __version__
 from ..avatar.animate import AvatarAnimator
 from ..avatar.gaussians import Avatar
 from ..head.model import HeadModel
+from .errors import ExportError
 from .gltf_document import GltfDocument
 from .gltf_rig import add_rig_proxy
 from .gltf_splats import add_splat_mesh
@@ -33,7 +34,7 @@ def build_glb(avatar: Avatar, head: HeadModel | None, frame: FramePose | None = 
     doc = GltfDocument(generator=f"Pointillist {__version__}")
     rigged = avatar.binding is not None and head is not None
     if not rigged and (animation is not None or (frame is not None and not frame.is_rest)):
-        raise ValueError("this avatar has no binding to a head model, so it cannot be posed or animated")
+        raise ExportError("this avatar has no binding to a head model, so it cannot be posed or animated")
     gaussians = avatar.gaussians
     if frame is not None and not frame.is_rest:
         gaussians = posed_gaussians(animator or AvatarAnimator(avatar, head), frame)

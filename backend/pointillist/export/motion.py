@@ -21,6 +21,7 @@ import numpy as np
 
 from ..avatar.controls import FaceControls, talk_controls
 from ..head.data import JOINT_NAMES
+from .errors import ExportError
 from .posing import FramePose
 
 DEFAULT_FPS = 25.0
@@ -28,7 +29,7 @@ DEFAULT_FPS = 25.0
 _FLAME_POSE_KEYS = {"rotation": "root", "neck_pose": "neck", "jaw_pose": "jaw"}
 
 
-class MotionError(ValueError):
+class MotionError(ExportError):
     """A motion source that cannot drive this head model (unreadable file, wrong shapes, frame out of range)."""
 
 

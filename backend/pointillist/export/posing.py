@@ -17,6 +17,7 @@ from ..avatar.animate import AvatarAnimator
 from ..avatar.controls import FaceControls
 from ..avatar.gaussians import Gaussians
 from ..head.data import JOINT_NAMES
+from .errors import ExportError
 from .sh_rotation import rotate_sh_rest
 
 
@@ -39,17 +40,17 @@ class FramePose:
         if expression is not None:
             e = np.asarray(expression, dtype=np.float32).reshape(-1)
             if e.size > num_expr:
-                raise ValueError(f"expression: {e.size} coefficients, the head model has {num_expr}")
+                raise ExportError(f"expression: {e.size} coefficients, the head model has {num_expr}")
             expr[: e.size] = e
         p = np.zeros((len(JOINT_NAMES), 3), np.float32) if pose is None else np.asarray(pose, dtype=np.float32)
         if p.shape != (len(JOINT_NAMES), 3):
-            raise ValueError(f"pose: expected (5, 3) axis-angle for joints {', '.join(JOINT_NAMES)}, got {p.shape}")
+            raise ExportError(f"pose: expected (5, 3) axis-angle for joints {', '.join(JOINT_NAMES)}, got {p.shape}")
         t = np.zeros(3, np.float32) if translation is None else np.asarray(translation, dtype=np.float32).reshape(-1)
         if t.shape != (3,):
-            raise ValueError(f"translation: expected 3 values, got {t.shape}")
+            raise ExportError(f"translation: expected 3 values, got {t.shape}")
         for name, value in (("expression", expr), ("pose", p), ("translation", t)):
             if not np.isfinite(value).all():
-                raise ValueError(f"{name}: contains NaN or Inf")
+                raise ExportError(f"{name}: contains NaN or Inf")
         return cls(expr, p, t)
 
     @classmethod
