@@ -2,8 +2,9 @@
 
 Today: the head model's expression contact sheet, the bundled portrait fitted (crop, matte, fit, overlay),
 the generator's avatar of that portrait (bundle, comparison sheet, turntable), procedural avatars in every
-hair style, posed renders and animated previews. Later stages (Blender import, render bridge, exports)
-append themselves to `STAGES`, so one command keeps running the whole product end to end.
+hair style, posed renders, animated previews, and the avatar opened in headless Blender with the add-on
+(rigged, a blink-and-talk clip keyed, saved as out/demo/blender/avatar.blend). Later stages (render bridge,
+exports) append themselves to `STAGES`, so one command keeps running the whole product end to end.
 """
 
 from __future__ import annotations
@@ -149,6 +150,36 @@ def stage_create(ctx: DemoContext) -> None:
                              **{k: summary[k] for k in ("points", "gaussians", "seconds", "total_seconds")}}
 
 
+def stage_blender(ctx: DemoContext) -> None:
+    """The avatar in headless Blender with the add-on: rigged, blink-and-talk keyed, saved as a .blend.
+
+    Runs `pointillist.blender_scene` in a subprocess of this interpreter when it can import bpy (the
+    `blender` extra), so bpy and torch never share a process; skipped with a note otherwise.
+    """
+    import importlib.util
+    import os
+    import subprocess
+    import tempfile
+
+    from .blender_scene import ROOT
+
+    bundle = Path(ctx.results.get("create", {}).get("bundle") or ctx.main_bundle)
+    if importlib.util.find_spec("bpy") is None or not (ROOT / "addon" / "__init__.py").is_file():
+        ctx.log("blender: skipped (no bpy in this environment, or no add-on source beside the package)")
+        ctx.results["blender"] = None
+        return
+    out = ctx.out / "blender" / "avatar.blend"
+    env = {**os.environ, "BLENDER_USER_RESOURCES": os.environ.get("BLENDER_USER_RESOURCES") or tempfile.mkdtemp(prefix="pointillist-blender-")}
+    proc = subprocess.run([sys.executable, "-m", "pointillist.blender_scene", str(bundle), str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"Blender scene failed:\n{proc.stderr[-3000:]}")
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    ctx.log(f"blender: {summary['points']} splats, {summary['shape_keys']} shape keys, blink-and-talk keyed on frames "
+            f"{summary['frames'][0]}-{summary['frames'][1]} -> open {out}")
+    ctx.results["blender"] = summary
+
+
 STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("head contact sheet", stage_contact_sheet),
     ("portrait fit", stage_portrait_fit),
@@ -156,6 +187,7 @@ STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("procedural avatars", stage_avatars),
     ("posed renders", stage_renders),
     ("animated previews", stage_previews),
+    ("Blender scene", stage_blender),
 ]
 
 
