@@ -1,4 +1,4 @@
-"""The one definition of our Gaussian PLY layout (numpy + plyfile only; the Blender add-on carries it).
+"""The one definition of our Gaussian PLY layout (numpy; plyfile for writing and ASCII files; the Blender add-on carries it).
 
 Layout: Inria 3DGS, so every splat viewer opens our files —
 `x y z nx ny nz f_dc_0..2 f_rest_0..f_rest_{3K-1} opacity scale_0..2 rot_0..3` as float32, binary little
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 import numpy as np
-from plyfile import PlyData, PlyElement
 
 from ..atomic import atomic_write, atomic_write_files, fsync_dir  # noqa: F401  (re-exported for bundle/GA writers)
 from .gaussians import AvatarFormatError, Binding, Gaussians
@@ -35,6 +34,9 @@ BINDING_PROP = "binding_0"
 #: PLY scalar types and their sizes in bytes (both spellings the PLY spec allows).
 _TYPE_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
                "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+_NUMPY_TYPES = {"char": "i1", "uchar": "u1", "int8": "i1", "uint8": "u1", "short": "i2", "ushort": "u2", "int16": "i2",
+                "uint16": "u2", "int": "i4", "uint": "u4", "int32": "i4", "uint32": "u4", "float": "f4", "float32": "f4",
+                "double": "f8", "float64": "f8"}
 _FLOAT_TYPES = {"float", "float32", "double", "float64"}
 _MAX_HEADER_BYTES = 1 << 20
 
@@ -98,6 +100,8 @@ def vertex_rows(gaussians: Gaussians, binding: Binding | None = None, layout: Pl
 
 def write_ply_rows(stream: BinaryIO, rows: np.ndarray) -> None:
     """Write structured records as one binary little-endian `vertex` element."""
+    from plyfile import PlyData, PlyElement
+
     PlyData([PlyElement.describe(rows, "vertex")], byte_order="<").write(stream)
 
 
@@ -139,6 +143,18 @@ def gaussians_from_ply_bytes(payload: bytes, name: str = "<ply>") -> tuple[Gauss
 def _read(stream: BinaryIO, size: int, name: str) -> tuple[Gaussians, Binding | None]:
     header = _Header.parse(stream, size, name)
     sh_coeffs = _check_properties(header, name)  # before plyfile builds a dtype from the names
+    if header.format != "ascii":
+        # The header was checked against the file size, so the records are exactly count * row bytes: one
+        # frombuffer (plyfile reads a stream value by value, ~1 s per 20k Gaussians).
+        order = "<" if header.format == "binary_little_endian" else ">"
+        dtype = np.dtype([(p, order + _NUMPY_TYPES[t]) for p, t in header.props])
+        stream.seek(header.data_start)
+        payload = stream.read(header.count * dtype.itemsize)
+        if len(payload) != header.count * dtype.itemsize:
+            raise AvatarFormatError(f"{name}: truncated: header declares {header.count} vertices, read {len(payload) // max(dtype.itemsize, 1)}")
+        return _decode(np.frombuffer(payload, dtype=dtype, count=header.count), header, sh_coeffs, name)
+    from plyfile import PlyData  # ASCII PLYs only (rare): plyfile parses the text
+
     stream.seek(0)
     try:
         ply = PlyData.read(stream, mmap=False)
