@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pointillist.avatar.face_angles import ARKIT_52, JAW_OPEN_FULL_DEG, eye_look_offset
 
 from .face_motion import PITCH, ROLL, YAW
-
-from pointillist.avatar.face_angles import ARKIT_52, JAW_OPEN_FULL_DEG, eye_look_offset
 
 #: Live Link Face writes head rotation in radians (HeadYaw, HeadPitch, HeadRoll).
 HEAD_COLUMNS = {"headyaw": YAW, "headpitch": PITCH, "headroll": ROLL}

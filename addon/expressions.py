@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import bpy
 import numpy as np
-from mathutils import Vector
 from bpy.props import FloatProperty, StringProperty
+from mathutils import Vector
 
 from . import anim_compat, face_motion, rig_build
 from .importer import avatar_parts
@@ -178,7 +178,7 @@ class AVATAR_OT_blink_and_talk(_AvatarOperator, bpy.types.Operator):
         names = [k.name for k in expression_keys(points)]
         clip = face_motion.blink_and_talk(names, self.seconds)
         write_clip(arm, points, clip, scene.frame_start, fps)
-        scene.frame_end = max(scene.frame_end, scene.frame_start + int(round(self.seconds * fps)))
+        scene.frame_end = max(scene.frame_end, scene.frame_start + round(self.seconds * fps))
         self.report({"INFO"}, f"Keyed {len(clip)} curves over {self.seconds:g} s; press Play")
         return {"FINISHED"}
 

@@ -10,8 +10,8 @@ made is removed again if a later step fails, so a bad file leaves the scene and 
 
 from __future__ import annotations
 
-import bpy
 import bmesh
+import bpy
 import numpy as np
 from bpy.props import StringProperty
 from bpy_extras.io_utils import ImportHelper
@@ -218,8 +218,7 @@ class AVATAR_OT_import_bundle(bpy.types.Operator, ImportHelper):
 
     def execute(self, context):
         path = self.filepath
-        if path.endswith("avatar.json"):  # picking a bundle folder's manifest imports the folder
-            path = path[: -len("avatar.json")]
+        path = path.removesuffix("avatar.json")  # picking a bundle folder's manifest imports the folder
         try:
             obj = import_avatar(context, path)
         except RuntimeError as exc:

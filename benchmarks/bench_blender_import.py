@@ -82,8 +82,9 @@ BLENDER_SCRIPT = textwrap.dedent(
 
 
 def make_bundles(sizes: list[int], folder: Path) -> list[tuple[int, str]]:
-    from bench_animate import random_avatar  # a bound avatar of exactly n Gaussians on the template
-
+    from bench_animate import (
+        random_avatar,  # a bound avatar of exactly n Gaussians on the template
+    )
     from pointillist.avatar.bundle import write_bundle
     from pointillist.head.model import HeadModel
 
@@ -109,7 +110,7 @@ def main() -> None:
         script.write_text(BLENDER_SCRIPT)
         env = {**os.environ, "BLENDER_USER_RESOURCES": str(Path(tmp) / "user"),
                "PYTHONPATH": os.pathsep.join([str(ROOT / "backend"), os.environ.get("PYTHONPATH", "")])}
-        proc = subprocess.run([args.python, str(script), json.dumps(spec)], capture_output=True, text=True, env=env)
+        proc = subprocess.run([args.python, str(script), json.dumps(spec)], capture_output=True, text=True, env=env, check=False)
         if proc.returncode != 0:
             sys.exit(f"Blender benchmark failed:\n{proc.stderr[-3000:]}")
     result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])

@@ -39,8 +39,11 @@ def extension_repo(addon_dir: Path, head_model: Path) -> Path:
 
 
 def build_scene(bundle: Path, out: Path, addon_dir: Path, head_model: Path) -> dict:
-    import bpy  # first: it puts Blender's script modules (addon_utils) on sys.path
-    import addon_utils
+    import importlib
+
+    import bpy
+
+    addon_utils = importlib.import_module("addon_utils")  # only importable once bpy has set up its script paths
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     repo = extension_repo(addon_dir, head_model)

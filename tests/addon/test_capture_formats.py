@@ -12,9 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from addon import capture_formats as cf  # noqa: E402
-from addon.face_motion import PITCH, ROLL, YAW  # noqa: E402
-from pointillist.avatar.face_angles import ARKIT_52  # noqa: E402
+from pointillist.avatar.face_angles import ARKIT_52
+
+from addon import capture_formats as cf
+from addon.face_motion import PITCH, ROLL, YAW
 
 EYE_COLS = ["LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll", "RightEyeYaw", "RightEyePitch", "RightEyeRoll"]
 

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 pytestmark = pytest.mark.blender
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from addon import rig_build  # noqa: E402
+from addon import rig_build
 
 POSE_AND_READ = """
 import numpy as np

@@ -3,7 +3,6 @@ back, the gaze target turns the eyes, in 5.x (channelbags) and 4.2 LTS (action.f
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.blender

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.blender
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 
-from addon import rig_build  # noqa: E402  (pure helpers, no bpy)
+from addon import rig_build
 
 IMPORT_AND_DUMP = """
 import numpy as np, importlib
