@@ -10,9 +10,15 @@ a new file is loaded only if the user asked to stop. One module-level `MANAGER` 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, replace
 
-from .backend_process import BackendProcess, BackendProcessError, LaunchSettings, RestartPolicy
+from .backend_process import (
+    BackendProcess,
+    BackendProcessError,
+    LaunchSettings,
+    RestartPolicy,
+)
 from .http_client import BackendError, Client
 
 
@@ -80,7 +86,14 @@ class BackendManager:
     def _check(self, client: Client, *, remote: bool) -> Client:
         """Health, then /v1/ready (proves the token). A model still loading is fine: jobs queue meanwhile."""
         try:
-            client.health()
+            for attempt in range(20):  # a just-started backend on a loaded machine may reset the first connection
+                try:
+                    client.health()
+                    break
+                except BackendError as exc:
+                    if remote or exc.code != "unreachable" or attempt == 19 or not self._process_alive():
+                        raise
+                    time.sleep(0.25)
             client.ready()
         except BackendError as exc:
             if exc.code == "not_ready" and "failed" not in exc.message and "stopped" not in exc.message:
@@ -90,6 +103,9 @@ class BackendManager:
         if remote:
             self.state, self.message = "remote", f"remote backend at {client.url}"
         return client
+
+    def _process_alive(self) -> bool:
+        return self.process is not None and self.process.alive()
 
     def watch(self) -> str:
         """Cheap and never waits (main thread): notices a local process that died. Answers the state."""

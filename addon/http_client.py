@@ -79,7 +79,7 @@ def encode_multipart(fields: dict[str, tuple[str | None, bytes, str]]) -> tuple[
             safe = filename.replace('"', "_").replace("\r", "_").replace("\n", "_")
             disposition += f'; filename="{safe}"'
         chunks.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {ctype}\r\n\r\n"
-                      .encode("utf-8"))
+                      .encode())
         chunks.append(data)
         chunks.append(b"\r\n")
     chunks.append(f"--{boundary}--\r\n".encode("ascii"))

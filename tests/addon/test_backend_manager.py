@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+
 from addon.backend_manager import BackendConfig, BackendManager
 from addon.backend_process import BackendProcessError, LaunchSettings, RestartPolicy
 from addon.http_client import BackendError

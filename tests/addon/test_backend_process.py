@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from addon.backend_process import (
     BackendProcess,
     BackendProcessError,

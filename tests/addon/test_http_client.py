@@ -6,6 +6,7 @@ import json
 import socket
 
 import pytest
+
 from addon.http_client import BackendError, Client, Endpoint, describe, encode_multipart
 
 

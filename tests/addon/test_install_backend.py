@@ -12,8 +12,14 @@ import sys
 import threading
 
 import pytest
+
 from addon.backend_process import venv_python
-from addon.install_backend import InstallError, find_base_python, install, install_commands
+from addon.install_backend import (
+    InstallError,
+    find_base_python,
+    install,
+    install_commands,
+)
 
 from .conftest import HERE
 

@@ -5,8 +5,15 @@ from __future__ import annotations
 import threading
 
 import pytest
+
 from addon.http_client import BackendError
-from addon.job_runner import Cancelled, CreateFailed, JobRunner, create_avatar, job_options
+from addon.job_runner import (
+    Cancelled,
+    CreateFailed,
+    JobRunner,
+    create_avatar,
+    job_options,
+)
 
 
 class ScriptedClient:

@@ -119,7 +119,7 @@ def avatar_bundles(tmp_path_factory) -> dict:
 # ------------------------------------------------------------------------------------ add-on part A helpers
 # A real backend on loopback (tiny random generator, seconds per job) shared by the Create Avatar and client
 # tests, the astronaut portrait, a faceless image, and the built extension zip.
-from ..server.conftest import live_server, tiny_checkpoint, wall_png  # noqa: E402,F401
+from ..server.conftest import live_server, tiny_checkpoint, wall_png  # noqa: F401
 
 
 @pytest.fixture(scope="session")
@@ -141,31 +141,3 @@ def built_zip(tmp_path_factory) -> Path:
 
     return build_addon.build(tmp_path_factory.mktemp("dist"))
 
-
-def pid_alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie counts as gone); Linux /proc."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (Linux /proc children lists)."""
-    found, todo = set(), [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            tasks = os.listdir(f"/proc/{current}/task")
-        except FileNotFoundError:
-            continue
-        for task in tasks:
-            try:
-                with open(f"/proc/{current}/task/{task}/children") as fh:
-                    kids = {int(k) for k in fh.read().split()}
-            except FileNotFoundError:
-                continue
-            todo.extend(kids - found)
-            found |= kids
-    return found

@@ -34,7 +34,8 @@ def test_blenders_own_validator_accepts_the_zip(built_zip, label):
     tools = sorted(Path(python).parents[1].glob("lib/python3*/site-packages/bpy/*/scripts/addons_core/bl_pkg/cli/"
                                                 "blender_ext.py"))
     assert tools, f"no blender_ext.py in {python}'s bpy"
-    done = subprocess.run([sys.executable, str(tools[-1]), "validate", str(built_zip)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(tools[-1]), "validate", str(built_zip)], capture_output=True, text=True,
+                          check=False)
     assert done.returncode == 0 and "Success" in done.stdout, done.stdout + done.stderr
 
 
