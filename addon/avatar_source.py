@@ -16,7 +16,7 @@ from . import rig_build
 #: Head-model files the add-on carries (the procedural template; converted FLAME files may be added here).
 ASSETS = Path(__file__).absolute().parent / "assets"  # not resolve(): the dev extension links files one by one
 
-_HEAD_CACHE: dict[str, object] = {}
+_HEAD_CACHE: dict[tuple, object] = {}  # (path, mtime, size) -> HeadModelData
 
 
 @dataclass
@@ -30,31 +30,37 @@ class LoadedAvatar:
     meta: dict | None = None
 
 
-def head_model_paths() -> list[Path]:
-    return sorted(ASSETS.glob("*.npz")) if ASSETS.is_dir() else []
+def head_model_paths(extra: tuple[str | os.PathLike, ...] = ()) -> list[Path]:
+    """The artist's head-model files first (preferences), then the ones the add-on carries."""
+    own = sorted(ASSETS.glob("*.npz")) if ASSETS.is_dir() else []
+    return [Path(p) for p in extra if p and Path(p).is_file()] + own
 
 
-def find_head_model(model_id: str):
-    """The `HeadModelData` with this id among the add-on's assets (cached), or a RuntimeError naming the known ones."""
+def find_head_model(model_id: str, extra: tuple[str | os.PathLike, ...] = ()):
+    """The `HeadModelData` with this id among `extra` and the add-on's assets (cached), or a RuntimeError
+    naming the known ones and saying where a FLAME head is set."""
     from pointillist.head.data import HeadModelData, HeadModelError
 
-    if model_id in _HEAD_CACHE:
-        return _HEAD_CACHE[model_id]
     known = []
-    for path in head_model_paths():
-        try:
-            data = HeadModelData.load(path)
-        except HeadModelError:
-            continue
-        _HEAD_CACHE[data.model_id] = data
+    for path in head_model_paths(extra):
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)  # a file replaced on disk is read again
+        if key not in _HEAD_CACHE:
+            try:
+                _HEAD_CACHE[key] = HeadModelData.load(path)
+            except HeadModelError:
+                continue
+        data = _HEAD_CACHE[key]
         known.append(data.model_id)
         if data.model_id == model_id:
             return data
-    raise RuntimeError(f"unknown head model {model_id!r}: this add-on has {', '.join(known) or 'no head models'} "
-                       f"(in {ASSETS})")
+    raise RuntimeError(f"unknown head model {model_id!r}: this add-on has {', '.join(known) or 'no head models'}; "
+                       f"for a FLAME avatar set Preferences > Add-ons > Pointillist > Head Model to the .npz "
+                       f"made by `pointillist head import-flame`")
 
 
-def load_avatar(filepath: str | os.PathLike, name: str | None = None) -> LoadedAvatar:
+def load_avatar(filepath: str | os.PathLike, name: str | None = None,
+                head_models: tuple[str | os.PathLike, ...] = ()) -> LoadedAvatar:
     """Bundle folder, bundle .zip or .ply -> arrays to build; RuntimeError on anything unusable."""
     from pointillist.avatar.gaussians import AvatarFormatError
 
@@ -77,7 +83,7 @@ def load_avatar(filepath: str | os.PathLike, name: str | None = None) -> LoadedA
             return LoadedAvatar(label, str(path), splats, None, meta=dict(avatar.meta))
         if avatar.identity is None:
             raise RuntimeError(f"{path}: the bundle is bound to a head but names no head model (avatar.json 'head')")
-        data = find_head_model(avatar.identity.model_id)
+        data = find_head_model(avatar.identity.model_id, head_models)
         rig = rig_build.rig_arrays(build_point_rig(avatar, data))
         return LoadedAvatar(label, str(path), splats, rig, model_id=avatar.identity.model_id,
                             identity_shape=[float(v) for v in avatar.identity.shape], meta=dict(avatar.meta))

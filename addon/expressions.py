@@ -29,8 +29,9 @@ def resolve_avatar(context, name: str = "") -> tuple[bpy.types.Object, bpy.types
 
 
 def expression_keys(points: bpy.types.Object) -> list[bpy.types.ShapeKey]:
+    """The artist's expression keys: not the basis, not the driven FLAME pose correctives."""
     keys = points.data.shape_keys.key_blocks
-    return [k for k in keys if k != points.data.shape_keys.reference_key]
+    return [k for k in keys if k != points.data.shape_keys.reference_key and not rig_build.is_corrective(k.name)]
 
 
 def key_all(arm: bpy.types.Object, points: bpy.types.Object, frame: float) -> int:

@@ -123,6 +123,32 @@ def _add_shape_keys(obj: bpy.types.Object, rest: np.ndarray, rig: rig_build.RigA
         key.value = 0.0
 
 
+def _add_pose_correctives(obj: bpy.types.Object, arm: bpy.types.Object, rest: np.ndarray,
+                          rig: rig_build.RigArrays) -> None:
+    """FLAME pose correctives as shape keys driven by the bones' local rotations (DESIGN §3 "Rig").
+
+    They sit before the Armature modifier like the expressions, so Blender adds them at rest and skins the
+    sum, exactly as `animate()` does. Drivers read each bone's rotation as a quaternion in local space, so
+    they follow whatever rotation mode the artist keys in.
+    """
+    for c in rig_build.correctives():
+        key = obj.shape_key_add(name=c.name, from_mix=False)
+        key.data.foreach_set("co", np.ascontiguousarray(rest + rig.pose_offsets[c.index], dtype=np.float32).ravel())
+        key.slider_min, key.slider_max = -2.0, 2.0  # elements of R - I lie in [-2, 2]
+        driver = key.driver_add("value").driver
+        driver.type = "SCRIPTED"
+        for channel in "wxyz":
+            var = driver.variables.new()
+            var.name, var.type = channel, "TRANSFORMS"
+            target = var.targets[0]
+            target.id = arm
+            target.bone_target = c.bone
+            target.transform_type = f"ROT_{channel.upper()}"
+            target.rotation_mode = "QUATERNION"
+            target.transform_space = "LOCAL_SPACE"
+        driver.expression = c.expression
+
+
 def _collection(context) -> bpy.types.Collection:
     return getattr(context, "collection", None) or context.scene.collection
 
@@ -132,7 +158,10 @@ def import_avatar(context, filepath: str, name: str | None = None) -> bpy.types.
 
     Raises RuntimeError with a readable message on bad input, leaving no new objects or data behind.
     """
-    loaded = avatar_source.load_avatar(filepath, name)  # all reading and checking happens here
+    from .preferences import get_prefs, head_model_file
+
+    head_models = (head_model_file(get_prefs(context)),)
+    loaded = avatar_source.load_avatar(filepath, name, head_models)  # all reading and checking happens here
     if context.object is not None and context.object.mode != "OBJECT":
         bpy.ops.object.mode_set(mode="OBJECT")
     created = _Created()
@@ -166,6 +195,8 @@ def _build(context, loaded: avatar_source.LoadedAvatar, created: _Created) -> bp
         return obj
     _add_shape_keys(obj, splats.positions, rig)
     arm = _build_armature(context, loaded.name, rig.joints, created)
+    if rig.pose_offsets is not None:
+        _add_pose_correctives(obj, arm, splats.positions, rig)
     obj.parent = arm
     mod = obj.modifiers.new("Armature", "ARMATURE")
     mod.object = arm

@@ -53,13 +53,18 @@ def bundled_asset(name: str) -> str:
     return str(path) if path.is_file() else ""
 
 
+def head_model_file(prefs) -> str:
+    """The head model the artist chose (a FLAME .npz from `pointillist head import-flame`), or ""."""
+    return bpy.path.abspath(prefs.head_model) if prefs.head_model else ""
+
+
 def backend_config(prefs) -> BackendConfig:
     if prefs.backend_mode == "REMOTE":
         return BackendConfig(mode="remote", url=prefs.remote_url, token=prefs.remote_token)
     checkpoint = bpy.path.abspath(prefs.checkpoint) if prefs.checkpoint else bundled_asset("generator.safetensors")
     launch = LaunchSettings(python=resolved_python(prefs), data_dir=cache_dir(prefs) / "server",
                             device=prefs.device.lower(), checkpoint=checkpoint,
-                            head=bundled_asset("head_template.npz"))
+                            head=head_model_file(prefs) or bundled_asset("head_template.npz"))
     return BackendConfig(mode="local", launch=launch)
 
 
@@ -80,6 +85,11 @@ class PointillistPreferences(AddonPreferences):
     checkpoint: StringProperty(
         name="Checkpoint", subtype="FILE_PATH", default="",
         description="Generator weights (.safetensors); empty = the one the extension ships")
+    head_model: StringProperty(
+        name="Head Model", subtype="FILE_PATH", default="",
+        description="A FLAME head converted once with `pointillist head import-flame` (.npz). The local backend "
+                    "creates avatars on it and the importer rigs avatars made for it; empty = the procedural "
+                    "head the extension ships")
     remote_url: StringProperty(name="URL", default="http://127.0.0.1:8765",
                                description="The remote backend, e.g. http://gpu-box:8765")
     remote_token: StringProperty(name="Token", subtype="PASSWORD", default="",
@@ -107,6 +117,7 @@ class PointillistPreferences(AddonPreferences):
         else:
             layout.prop(self, "remote_url")
             layout.prop(self, "remote_token")
+        layout.prop(self, "head_model")
         layout.prop(self, "cache_dir")
         box = layout.box()
         box.label(text="Install Backend (private environment, downloads torch from PyPI)")

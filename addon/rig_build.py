@@ -122,6 +122,48 @@ def rig_arrays(point_rig) -> RigArrays:
     )
 
 
+#: Shape-key name prefix of FLAME pose correctives (driven by bone rotations, never keyed by hand).
+CORRECTIVE_PREFIX = "pose_"
+#: Element (r, c) of R - I for a unit quaternion (w, x, y, z), as a driver expression Blender evaluates
+#: without Python (its "simple expression" evaluator), so correctives work with auto-run scripts off.
+_ROTATION_MINUS_IDENTITY = (
+    ("-2*(y*y+z*z)", "2*(x*y-w*z)", "2*(x*z+w*y)"),
+    ("2*(x*y+w*z)", "-2*(x*x+z*z)", "2*(y*z-w*x)"),
+    ("2*(x*z-w*y)", "2*(y*z+w*x)", "-2*(x*x+y*y)"),
+)
+
+
+@dataclass(frozen=True)
+class Corrective:
+    """One FLAME pose-corrective shape key: its weight is element (row, col) of (R - I) of `bone`'s local rotation."""
+
+    index: int  # row of `RigArrays.pose_offsets` (FLAME's pose feature order)
+    bone: str
+    row: int
+    col: int
+
+    @property
+    def name(self) -> str:
+        return f"{CORRECTIVE_PREFIX}{self.bone}_{self.row}{self.col}"
+
+    @property
+    def expression(self) -> str:
+        return _ROTATION_MINUS_IDENTITY[self.row][self.col]
+
+
+def correctives() -> list[Corrective]:
+    """FLAME's 36 pose features: (R_j - I) flattened row-major for every joint but the root, in joint order.
+
+    The bones' local axes are head space (see the module docstring), so a bone's local rotation is the head
+    model's R_j and the same features `animate()` computes drive the same offsets in Blender.
+    """
+    return [Corrective(k, BONES[1 + k // 9], (k % 9) // 3, k % 3) for k in range(9 * (len(BONES) - 1))]
+
+
+def is_corrective(name: str) -> bool:
+    return name.startswith(CORRECTIVE_PREFIX)
+
+
 def group_members(weights: np.ndarray, min_weight: float = 0.0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per bone: (vertex indices, weights) of the vertices it moves (weight > min_weight)."""
     out = []
