@@ -84,8 +84,8 @@ def main() -> None:
             export_avatar(avatar, head, ExportRequest("ply", Path(tmp) / "warm.ply"))  # warm-up (imports, caches)
             for fmt, what, kwargs, name in cases:
                 request = ExportRequest(fmt, Path(tmp) / f"{sh_degree}_{name}", **kwargs)
-                paths: list[Path] = []
-                seconds = timed(lambda: paths.__setitem__(slice(None), export_avatar(avatar, head, request)), repeats)
+                seconds = timed(lambda a=avatar, r=request: export_avatar(a, head, r), repeats)
+                paths = export_avatar(avatar, head, request)
                 size = sum(p.stat().st_size for p in paths)
                 row = {"format": fmt, "what": what, "sh_degree": sh_degree, "seconds": round(seconds, 3),
                        "files": len(paths), "megabytes": round(size / 1e6, 2)}

@@ -36,7 +36,7 @@ def require_web_tool(kind: str) -> str:
 
 def validate_gltf(path: Path) -> dict:
     """The Khronos glTF validator's report for `path` (tools/web/validate_gltf.mjs)."""
-    proc = subprocess.run(["node", str(WEB / "validate_gltf.mjs"), str(path)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(["node", str(WEB / "validate_gltf.mjs"), str(path)], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -45,6 +45,6 @@ def view_splats(ply: Path, png: Path, size: int = 384) -> dict:
     """Draw `ply` with three.js + Spark in headless Chromium; the screenshot goes to `png`."""
     env = {**os.environ, "CHROMIUM": require_web_tool("chromium")}
     proc = subprocess.run(["node", str(WEB / "view_splats.mjs"), str(ply), str(png), str(size), str(size)],
-                          capture_output=True, text=True, timeout=150, env=env)
+                          check=False, capture_output=True, text=True, timeout=150, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)

@@ -45,7 +45,7 @@ class FrameRange:
             raise MotionError(f"frame range {self.first}:{self.last}: frames start at 1 and last >= first")
 
     @classmethod
-    def parse(cls, text: str) -> "FrameRange":
+    def parse(cls, text: str) -> FrameRange:
         """'1:50' or '7' (one frame)."""
         first, sep, last = text.partition(":")
         try:
@@ -88,7 +88,7 @@ class Motion:
 
     def default_range(self) -> FrameRange:
         """Every frame of a file motion; four seconds of the built-in one."""
-        n = self.num_frames or int(round(4 * self.fps))
+        n = self.num_frames or round(4 * self.fps)
         return FrameRange(1, n)
 
 

@@ -30,11 +30,11 @@ class FramePose:
     translation: np.ndarray
 
     @classmethod
-    def rest(cls, num_expr: int) -> "FramePose":
+    def rest(cls, num_expr: int) -> FramePose:
         return cls(np.zeros(num_expr, np.float32), np.zeros((len(JOINT_NAMES), 3), np.float32), np.zeros(3, np.float32))
 
     @classmethod
-    def from_arrays(cls, num_expr: int, expression=None, pose=None, translation=None) -> "FramePose":
+    def from_arrays(cls, num_expr: int, expression=None, pose=None, translation=None) -> FramePose:
         """Pad a shorter expression vector with zeros; check shapes so errors name the argument."""
         expr = np.zeros(num_expr, np.float32)
         if expression is not None:
@@ -54,7 +54,7 @@ class FramePose:
         return cls(expr, p, t)
 
     @classmethod
-    def from_controls(cls, controls: FaceControls, expr_names: list[str], strict: bool = True) -> "FramePose":
+    def from_controls(cls, controls: FaceControls, expr_names: list[str], strict: bool = True) -> FramePose:
         """Artist controls (degrees, ARKit names) -> model parameters, via `FaceControls.to_model`."""
         expr, pose = controls.to_model(expr_names, strict=strict)
         return cls.from_arrays(len(expr_names), expr.numpy(), pose.numpy())
