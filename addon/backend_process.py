@@ -88,6 +88,9 @@ def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     for key in ("PYTHONHOME", "PYTHONEXECUTABLE", "__PYVENV_LAUNCHER__"):
         env.pop(key, None)
     env["PYTHONUNBUFFERED"] = "1"
+    assets = Path(__file__).absolute().parent / "assets"  # not resolve(): the dev extension links files
+    if assets.is_dir():  # an installed backend has no blender_assets/: defaults come from the extension
+        env["POINTILLIST_ASSETS"] = str(assets)
     return env
 
 

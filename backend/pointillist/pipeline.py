@@ -20,12 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .assets import asset_path
 from .avatar.binding import closest_point_barycentrics
 from .avatar.gaussians import Avatar, Binding, Gaussians, HeadIdentity, SourceInfo
 from .head.model import HeadModel
 
-ASSETS = Path(__file__).resolve().parents[2] / "blender_assets"
-DEFAULT_CHECKPOINT = ASSETS / "generator.safetensors"
+DEFAULT_CHECKPOINT_NAME = "generator.safetensors"
 MODEL_VERSION = "pointillist-generator/1"
 
 #: quality preset -> (point budget, refine steps)
@@ -117,7 +117,7 @@ def load_model(checkpoint: str | os.PathLike | None, device: torch.device):
     """The generator (cached per file and device, so a service loads it once)."""
     from .model.checkpoint import load_generator
 
-    path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+    path = Path(checkpoint) if checkpoint else asset_path(DEFAULT_CHECKPOINT_NAME)
     key = (str(path.resolve()), str(device))
     stat = path.stat().st_mtime_ns if path.exists() else None
     if key not in _MODELS or _MODELS[key][2] != stat:

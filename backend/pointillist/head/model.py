@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..assets import REPO_ASSETS, asset_path
 from .data import JOINT_NAMES, JOINT_PARENTS, HeadModelData
 from .lbs import apply_transforms, axis_angle_to_matrix, blend_transforms, kinematic_transforms
 
 #: The procedural head template shipped with the project.
-DEFAULT_HEAD_PATH = Path(__file__).resolve().parents[3] / "blender_assets" / "head_template.npz"
+#: The procedural head template in a checkout (an installed backend finds it through `assets.asset_path`).
+DEFAULT_HEAD_PATH = REPO_ASSETS / "head_template.npz"
 
 
 @dataclass
@@ -55,7 +57,7 @@ class HeadModel(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> "HeadModel":
         """Load a head-model `.npz` (the bundled procedural template when `path` is None)."""
-        return cls(HeadModelData.load(path or DEFAULT_HEAD_PATH))
+        return cls(HeadModelData.load(path or asset_path("head_template.npz")))
 
     # ------------------------------------------------------------------ sizes
     @property
