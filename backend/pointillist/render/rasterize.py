@@ -46,6 +46,7 @@ T_THRESHOLD = 1e-4
 MAX_EXTEND = 3.33
 
 Backend = Literal["auto", "torch", "fast", "gsplat"]
+CameraModel = Literal["pinhole", "ortho"]
 
 # Elements (pixels x Gaussian slots) processed per compositing chunk by the torch path; bounds
 # peak memory (~15 temporaries of this size live at once) independently of the scene size.
@@ -123,8 +124,12 @@ def project_gaussians(
     near: float = 0.01,
     far: float = 100.0,
     eps2d: float = EPS2D,
+    camera_model: CameraModel = "pinhole",
 ) -> ProjectedGaussians:
-    """EWA projection exactly as gsplat's ``fully_fused_projection`` (pinhole, classic).
+    """EWA projection exactly as gsplat's ``fully_fused_projection`` (pinhole or ortho, classic).
+
+    ``camera_model="ortho"`` is gsplat's orthographic camera: ``u = fx x + cx``, ``v = fy y + cy`` with
+    ``K`` in pixels per metre, and the constant Jacobian ``[[fx, 0, 0], [0, fy, 0]]``.
 
     Differentiable w.r.t. means, quats and scales through ``means2d``, ``conics`` and
     ``depths``; ``radii`` (the culling decision) is piecewise constant and carries no gradient.
@@ -145,16 +150,22 @@ def project_gaussians(
     lim_x_neg = cx / fx + 0.3 * tan_fovx
     lim_y_pos = (height - cy) / fy + 0.3 * tan_fovy
     lim_y_neg = cy / fy + 0.3 * tan_fovy
-    rz = 1.0 / z
-    rz2 = rz * rz
-    tx = z * torch.minimum(lim_x_pos, torch.maximum(-lim_x_neg, x * rz))
-    ty = z * torch.minimum(lim_y_pos, torch.maximum(-lim_y_neg, y * rz))
     zero = torch.zeros_like(z)
-    J = torch.stack(
-        [fx * rz, zero, -fx * tx * rz2, zero, fy * rz, -fy * ty * rz2], dim=-1
-    ).reshape(-1, 2, 3)
+    if camera_model == "ortho":
+        J = torch.stack([fx + zero, zero, zero, zero, fy + zero, zero], dim=-1).reshape(-1, 2, 3)
+        means2d = torch.stack([fx * x + cx, fy * y + cy], dim=-1)
+    elif camera_model == "pinhole":
+        rz = 1.0 / z
+        rz2 = rz * rz
+        tx = z * torch.minimum(lim_x_pos, torch.maximum(-lim_x_neg, x * rz))
+        ty = z * torch.minimum(lim_y_pos, torch.maximum(-lim_y_neg, y * rz))
+        J = torch.stack(
+            [fx * rz, zero, -fx * tx * rz2, zero, fy * rz, -fy * ty * rz2], dim=-1
+        ).reshape(-1, 2, 3)
+        means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], dim=-1)
+    else:
+        raise ValueError(f"unknown camera_model {camera_model!r}; expected 'pinhole' or 'ortho'")
     cov2d = J @ cov_c @ J.transpose(-1, -2)
-    means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], dim=-1)
 
     c00 = cov2d[:, 0, 0] + eps2d
     c11 = cov2d[:, 1, 1] + eps2d
@@ -414,23 +425,26 @@ def _gsplat_available() -> bool:
 
 def _render_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor,
                    rgb: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int,
-                   near: float, far: float) -> tuple[Tensor, Tensor, Tensor]:
+                   near: float, far: float, camera_model: CameraModel = "pinhole"
+                   ) -> tuple[Tensor, Tensor, Tensor]:
     """gsplat CUDA path; returns premultiplied rgb (H, W, 3), alpha (H, W), depth sum (H, W)."""
     from gsplat import rasterization
 
     render, alphas, _ = rasterization(
         means, quats, scales, opacities, rgb, viewmat[None], K[None], width, height,
         near_plane=near, far_plane=far, eps2d=EPS2D, sh_degree=None, packed=False,
-        tile_size=TILE_SIZE, render_mode="RGB+D", rasterize_mode="classic",
+        tile_size=TILE_SIZE, render_mode="RGB+D", rasterize_mode="classic", camera_model=camera_model,
     )
     return render[0, ..., :3], alphas[0, ..., 0], render[0, ..., 3]
 
 
 def _render_projected(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor,
                       rgb: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int,
-                      near: float, far: float, fast: bool) -> tuple[Tensor, Tensor, Tensor]:
+                      near: float, far: float, camera_model: CameraModel = "pinhole", *,
+                      fast: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Torch or numba path; returns premultiplied rgb (H, W, 3), alpha (H, W), depth sum (H, W)."""
-    proj = project_gaussians(means, quats, scales, opacities, viewmat, K, width, height, near, far)
+    proj = project_gaussians(means, quats, scales, opacities, viewmat, K, width, height, near, far,
+                             camera_model=camera_model)
     bins = bin_gaussians(proj, width, height)
     # Compositing a constant 1 yields alpha as the sum of blending weights, which keeps full
     # relative precision for faint pixels (1 - T would cancel) and makes depth a true average.
@@ -485,6 +499,7 @@ def rasterize(
     near: float = 0.01,  # camera-z near cull plane (metres)
     far: float = 100.0,  # camera-z far cull plane (metres)
     backend: Backend = "auto",
+    camera_model: CameraModel = "pinhole",  # "ortho": K in pixels per metre, no perspective divide
 ) -> RenderOutput:
     """Render Gaussians into an (H, W) image with gsplat's classic 3DGS conventions.
 
@@ -506,7 +521,7 @@ def rasterize(
     wants_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     chosen = _select_backend(backend, means.is_cuda, wants_grad, means.dtype == torch.float32)
 
-    args = (means, quats, scales, opacities, rgb, viewmat_t, K_t, width, height, near, far)
+    args = (means, quats, scales, opacities, rgb, viewmat_t, K_t, width, height, near, far, camera_model)
     if chosen == "gsplat":
         try:
             color, alpha, depth_sum = _render_gsplat(*args)

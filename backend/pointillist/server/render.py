@@ -203,7 +203,8 @@ class Renderer:
                             K=torch.from_numpy(request.K.astype(np.float32)).to(device),
                             width=request.width, height=request.height,
                             background=torch.from_numpy(request.background).to(device),
-                            near=request.near, far=request.far)
+                            near=request.near, far=request.far,
+                            camera_model="ortho" if request.ortho else "pinhole")
         if request.raw:  # written straight into the response buffer
             buffer, rgba_view, depth_view = raw_image_buffer(request.width, request.height, request.want_depth)
             rgba_view[..., :3] = out.rgb.float().cpu().numpy()

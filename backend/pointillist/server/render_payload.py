@@ -27,6 +27,8 @@ Render request — `POST /v1/render`, `Content-Type: application/octet-stream`:
     0       4 bytes     magic b"PTRF"
     4       uint16      version = 1
     6       uint16      flags: bit 0 WANT_DEPTH, bit 1 RAW (float32 output; otherwise a PNG); depth needs RAW
+                               bit 2 ORTHO (orthographic: u = fx x + cx, v = fy y + cy with K in pixels per
+                               metre; near/far still bound camera z)
     8       uint32      width, pixels
     12      uint32      height, pixels
     16      uint32      M, objects in this frame (>= 1)
@@ -68,7 +70,7 @@ import numpy as np
 OBJECT_MAGIC, RENDER_MAGIC, IMAGE_MAGIC = b"PTOB", b"PTRF", b"PTIM"
 VERSION = 1
 COLORS_RGB, REST_QUATS = 1, 2
-WANT_DEPTH, RAW = 1, 2
+WANT_DEPTH, RAW, ORTHO = 1, 2, 4
 HAS_DEPTH = 1
 OBJECT_HEADER = struct.Struct("<4sHHIB3s")  # 16 bytes
 RENDER_HEADER = struct.Struct("<4sHHIIIff3f16f9fI")  # 144 bytes
@@ -130,6 +132,7 @@ class RenderRequest:
     objects: list[FrameObject]
     want_depth: bool = False
     raw: bool = False
+    ortho: bool = False
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -217,7 +220,7 @@ def parse_object(body: bytes, limits: PayloadLimits = PayloadLimits()) -> Object
 
 # ------------------------------------------------------------------------------------ frames
 def encode_render(request: RenderRequest) -> bytes:
-    flags = (WANT_DEPTH if request.want_depth else 0) | (RAW if request.raw else 0)
+    flags = (WANT_DEPTH if request.want_depth else 0) | (RAW if request.raw else 0) | (ORTHO if request.ortho else 0)
     header = RENDER_HEADER.pack(RENDER_MAGIC, VERSION, flags, request.width, request.height, len(request.objects),
                                 request.near, request.far, *np.asarray(request.background, F32).reshape(3),
                                 *np.asarray(request.viewmat, F32).reshape(16), *np.asarray(request.K, F32).reshape(9), 0)
@@ -241,7 +244,7 @@ def parse_render(body: bytes, limits: PayloadLimits = PayloadLimits()) -> Render
     viewmat = np.array(fields[11:27], np.float32).reshape(4, 4)
     K = np.array(fields[27:36], np.float32).reshape(3, 3)
     reserved = fields[36]
-    _check_header("render", magic, RENDER_MAGIC, version, flags, WANT_DEPTH | RAW)
+    _check_header("render", magic, RENDER_MAGIC, version, flags, WANT_DEPTH | RAW | ORTHO)
     if flags & WANT_DEPTH and not flags & RAW:
         raise PayloadError("render payload: depth is only returned with the RAW flag (PNG carries RGBA only)")
     if reserved != 0:
@@ -300,7 +303,7 @@ def parse_render(body: bytes, limits: PayloadLimits = PayloadLimits()) -> Render
         raise PayloadError(f"render payload: {len(view) - offset} unexpected bytes after the last object record")
     return RenderRequest(width=width, height=height, near=float(near), far=float(far), background=background,
                          viewmat=viewmat, K=K, objects=objects, want_depth=bool(flags & WANT_DEPTH),
-                         raw=bool(flags & RAW))
+                         raw=bool(flags & RAW), ortho=bool(flags & ORTHO))
 
 
 # ------------------------------------------------------------------------------------ images
