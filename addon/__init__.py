@@ -18,6 +18,7 @@ _MODULES = (
     "importer",
     "expressions",
     "capture",
+    "export_rig",
 )
 
 
