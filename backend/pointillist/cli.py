@@ -304,6 +304,11 @@ def cmd_head_build_template(args) -> None:
 
 
 def cmd_export(args) -> None:
+    from .export.blender_export import BLENDER_FORMATS
+
+    if args.format in BLENDER_FORMATS:
+        _export_with_blender(args)
+        return
     from .export.formats import ExportRequest, check_output, export_avatar
     from .export.gaussian_avatars_export import is_flame
     from .export.motion import FrameRange, load_motion
@@ -334,6 +339,24 @@ def cmd_export(args) -> None:
     paths = export_avatar(avatar, head, request, progress=_progress("export"))
     print(json.dumps({"format": args.format, "output": str(args.output), "files": len(paths),
                       "bytes": sum(p.stat().st_size for p in paths)}))
+
+
+def _export_with_blender(args) -> None:
+    """fbx/usd: Blender's exporters in a bpy subprocess, on the add-on's import of the bundle (rest, or blink-and-talk
+    keyed over --frames)."""
+    from .export.blender_export import export_with_blender, parse_frames
+    from .export.formats import check_output
+
+    controls_given = bool(args.expr) or any((args.jaw, args.neck_yaw, args.neck_pitch, *args.gaze))
+    if args.frame is not None or controls_given or args.motion != "talk":
+        raise CliError(f"{args.format} exports the rig at rest, or with --frames FIRST:LAST the add-on's blink-and-talk "
+                       "clip; --frame, --motion and pose options apply to ply and glb")
+    frames = parse_frames(args.frames) if args.frames else None
+    check_output(args.output, args.format, args.overwrite)
+    summary = export_with_blender(args.bundle, args.format, args.output, frames=frames, fps=args.fps or 24.0,
+                                  head_model=args.head)
+    print(json.dumps({"format": args.format, "output": str(args.output), "files": 1, "bytes": summary["bytes"],
+                      "blender": summary["blender"], "frames": summary["frames"]}))
 
 
 def cmd_demo(args) -> None:
@@ -487,16 +510,17 @@ def build_parser() -> argparse.ArgumentParser:
     head_option(p)
     p.set_defaults(func=cmd_preview)
 
+    from .export.blender_export import BLENDER_FORMATS  # stdlib-only too
     from .export.names import FORMATS  # stdlib-only, so --help stays instant
 
-    p = sub.add_parser("export", help="write a bundle as PLY, a PLY sequence, glTF (GLB) or GaussianAvatars files",
+    p = sub.add_parser("export", help="write a bundle as PLY, a PLY sequence, glTF (GLB), GaussianAvatars, FBX or USD files",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="formats:\n" + "\n".join(f"  {k:<16} {v}" for k, v in FORMATS.items()))
+                       description="formats:\n" + "\n".join(f"  {k:<16} {v}" for k, v in {**FORMATS, **BLENDER_FORMATS}.items()))
     p.add_argument("bundle", metavar="BUNDLE")
-    p.add_argument("--format", required=True, choices=list(FORMATS))
+    p.add_argument("--format", required=True, choices=[*FORMATS, *BLENDER_FORMATS])
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="a file (ply, glb) or a folder (ply-seq, gaussianavatars)")
     p.add_argument("--frame", type=_positive_int, metavar="N", help="pose at frame N of --motion (ply, glb)")
-    p.add_argument("--frames", metavar="FIRST:LAST", help="frame range, 1-based inclusive: ply-seq files, or a glb animation clip")
+    p.add_argument("--frames", metavar="FIRST:LAST", help="frame range, 1-based inclusive: ply-seq files, a glb animation clip, or fbx/usd with blink-and-talk keyed")
     p.add_argument("--motion", default="talk", metavar="talk|JSON|NPZ",
                    help="built-in 'talk' (default), FaceControls JSON ({\"fps\", \"frames\": [...]}) or FLAME parameters .npz")
     p.add_argument("--fps", type=float, metavar="FPS", help="frames per second (default: the motion file's, else 25)")
