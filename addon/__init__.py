@@ -18,6 +18,8 @@ _MODULES = (
     "importer",
     "expressions",
     "capture",
+    "render_engine",
+    "export_ply",
     "export_rig",
 )
 

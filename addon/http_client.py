@@ -203,3 +203,28 @@ class Client:
         finally:
             conn.close()
         return dest
+
+    # -------------------------------------------------------------------------------- render bridge
+    def put_object(self, object_id: str, body: bytes, timeout: float = 120) -> dict:
+        """Register an object's static attributes (a `PTOB` body from `render_payload.encode_object`)."""
+        return self.request_json("PUT", f"/v1/objects/{object_id}", body=body,
+                                 content_type="application/octet-stream", timeout=timeout)
+
+    def render(self, body: bytes, timeout: float = 300) -> bytes:
+        """One frame (a `PTRF` body) -> the response bytes (raw `PTIM` or PNG, as the request asked).
+
+        An unknown object raises BackendError code `unknown_object` (status 404): register it and retry.
+        """
+        conn, response = self._send("POST", "/v1/render", body,
+                                    {"Content-Type": "application/octet-stream",
+                                     "Accept": "application/octet-stream, image/png, application/json"}, timeout, True)
+        try:
+            try:
+                payload = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                raise BackendError("unreachable", f"the backend at {self.url} dropped the connection ({exc})") from None
+        finally:
+            conn.close()
+        if response.status >= 400:
+            self._decode(response.status, payload[: 1 << 20])
+        return payload
