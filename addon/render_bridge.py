@@ -139,7 +139,7 @@ def view_from_matrices(view_matrix: np.ndarray, window_matrix: np.ndarray, width
     viewmat = np.diag([1.0, -1.0, -1.0, 1.0]) @ np.asarray(view_matrix, dtype=np.float64)
     a, b, c, d = P[0, 0], P[0, 2], P[1, 1], P[1, 2]
     e, f = P[2, 2], P[2, 3]
-    ortho = abs(P[3, 3] - 1.0) < 1e-9 and abs(P[3, 2]) < 1e-9
+    ortho = bool(abs(P[3, 3] - 1.0) < 1e-9 and abs(P[3, 2]) < 1e-9)
     if ortho:
         cx, cy = (1.0 + P[0, 3]) * width / 2, (1.0 - P[1, 3]) * height / 2
         near, far = (f + 1.0) / e, (f - 1.0) / e
@@ -335,9 +335,11 @@ def scaled_view(view: View, width: int, height: int) -> View:
 
 
 def quats_angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Angle (radians) between rotations given as quaternions (sign-agnostic), for tests and checks."""
-    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
-    dot = np.clip(np.abs(np.einsum("...i,...i->...", a, b)), 0.0, 1.0)
-    return 2.0 * np.arccos(dot)
+    """Angle (radians) between rotations given as quaternions (sign-agnostic), for tests and checks.
 
+    From the chord |a - b| = 2 sin(angle / 4), which stays accurate for tiny angles where arccos does not.
+    """
+    a = np.asarray(a, np.float64) / np.linalg.norm(a, axis=-1, keepdims=True)
+    b = np.asarray(b, np.float64) / np.linalg.norm(b, axis=-1, keepdims=True)
+    b = b * np.where(np.einsum("...i,...i->...", a, b) < 0, -1.0, 1.0)[..., None]
+    return 4.0 * np.arcsin(np.clip(np.linalg.norm(a - b, axis=-1) / 2.0, 0.0, 1.0))
