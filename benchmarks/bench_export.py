@@ -7,6 +7,9 @@ SH degree 0 (as the generator makes them) and with random SH bands 1-3 (as a ref
 may carry; posed exports then rotate 45 coefficients per Gaussian). Rig set-up (`AvatarAnimator`) is part of
 every posed figure, because each export builds it once. GaussianAvatars export needs a FLAME head model,
 which the repository does not ship, so it is not timed here. Each figure is the median of a few runs.
+FBX and USD (when this Python has bpy) are timed end to end through `export_with_blender` from a bundle on
+disk: Blender's start, the add-on's import, keying blink-and-talk for a clip, and the exporter; the exporter's
+own share is given in brackets.
 
 Prints a Markdown table, then one JSON line: {"bench": "export", "results": [...]}.
 """
@@ -27,8 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from pointillist.avatar.bundle import write_bundle  # noqa: E402
 from pointillist.avatar.controls import FaceControls  # noqa: E402
 from pointillist.avatar.gaussians import Avatar, Binding  # noqa: E402
+from pointillist.export.blender_export import export_with_blender, unavailable_reason  # noqa: E402
 from pointillist.export.formats import ExportRequest, export_avatar  # noqa: E402
 from pointillist.export.motion import FrameRange, load_motion  # noqa: E402
 from pointillist.export.posing import FramePose  # noqa: E402
@@ -36,6 +41,9 @@ from pointillist.head.model import HeadModel  # noqa: E402
 from pointillist.synth.procedural import make_procedural_avatar  # noqa: E402
 
 NUM_GAUSSIANS = 20_000
+#: Blender exports: (format, what, frames keyed with blink-and-talk or None, output name).
+BLENDER_CASES = [("fbx", "rig at rest", None, "out.fbx"), ("fbx", "+ 72-frame blink-and-talk", (1, 72), "out.fbx"),
+                 ("usd", "rig + attributes at rest", None, "out.usdc"), ("usd", "+ 72-frame blink-and-talk", (1, 72), "out.usdc")]
 
 
 def avatar_of_size(head: HeadModel, n: int, sh_degree: int) -> Avatar:
@@ -92,10 +100,25 @@ def main() -> None:
                 if fmt == "ply-seq":
                     row["seconds_per_frame"] = round(seconds / len(paths), 4)
                 rows.append(row)
+            if unavailable_reason() is None:
+                bundle = Path(tmp) / f"{sh_degree}_bundle"
+                write_bundle(avatar, bundle)
+                for fmt, what, frames, name in BLENDER_CASES:
+                    out = Path(tmp) / f"{sh_degree}_{name}"
+                    walls, inner = [], []
+                    for _ in range(repeats):
+                        start = time.perf_counter()
+                        summary = export_with_blender(bundle, fmt, out, frames=frames)
+                        walls.append(time.perf_counter() - start)
+                        inner.append(summary["export_seconds"])
+                    rows.append({"format": fmt, "what": what, "sh_degree": sh_degree, "seconds": round(statistics.median(walls), 3),
+                                 "exporter_seconds": round(statistics.median(inner), 3), "files": 1,
+                                 "megabytes": round(out.stat().st_size / 1e6, 2), "blender": summary["blender"]})
     print(f"| format | export | SH degree | seconds | files | MB |  ({NUM_GAUSSIANS:,} Gaussians, {torch.get_num_threads()} threads)")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:
         per_frame = f" ({r['seconds_per_frame']} s/frame)" if "seconds_per_frame" in r else ""
+        per_frame += f" (exporter {r['exporter_seconds']})" if "exporter_seconds" in r else ""
         print(f"| {r['format']} | {r['what']} | {r['sh_degree']} | {r['seconds']}{per_frame} | {r['files']} | {r['megabytes']} |")
     print(json.dumps({"bench": "export", "device": "cpu", "gaussians": NUM_GAUSSIANS, "threads": torch.get_num_threads(),
                       "results": rows}))

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from ..blender_scene import ROOT, extension_repo
@@ -122,17 +123,22 @@ def _export_in_blender(bundle: Path, out: Path, fmt: str, frames: tuple[int, int
             addon.preferences.get_prefs(bpy.context).head_model = str(head)
         scene = bpy.context.scene
         scene.render.fps, scene.render.fps_base = round(fps), round(fps) / fps
+        start = time.perf_counter()
         arm = addon.importer.import_avatar(bpy.context, str(bundle))
+        import_seconds = time.perf_counter() - start
         if frames is not None:
             scene.frame_start, scene.frame_end = frames
             bpy.ops.avatar.blink_and_talk(seconds=(frames[1] - frames[0] + 1) / fps)
             scene.frame_end = frames[1]
             scene.frame_set(frames[0])
+        start = time.perf_counter()
         path = addon.export_rig.export_rig(bpy.context, arm, fmt, str(out), animation=frames is not None)
+        export_seconds = time.perf_counter() - start
         _, points = addon.importer.avatar_parts(arm)
         return {"format": fmt, "output": str(path), "bytes": path.stat().st_size, "points": len(points.data.vertices),
                 "shape_keys": len(points.data.shape_keys.key_blocks) - 1, "bones": len(arm.data.bones),
-                "frames": list(frames) if frames else None, "blender": ".".join(map(str, bpy.app.version))}
+                "frames": list(frames) if frames else None, "blender": ".".join(map(str, bpy.app.version)),
+                "import_seconds": round(import_seconds, 3), "export_seconds": round(export_seconds, 3)}
     finally:
         shutil.rmtree(repo, ignore_errors=True)
 
