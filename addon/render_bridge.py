@@ -35,9 +35,18 @@ _BLENDER_TO_HEAD_QUAT = rig_build.HEAD_TO_BLENDER_QUAT * np.array([1.0, -1.0, -1
 
 # ------------------------------------------------------------------------------------------- colour
 def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    """sRGB-encoded values -> linear (IEC 61966-2-1, piecewise; what Blender's 'Standard' view inverts)."""
-    c = np.asarray(c, dtype=np.float32)
-    return np.where(c <= 0.04045, c / 12.92, ((np.maximum(c, 0.04045) + 0.055) / 1.055) ** 2.4).astype(np.float32)
+    """sRGB-encoded values -> linear (IEC 61966-2-1, piecewise; what Blender's 'Standard' view inverts).
+
+    float32 and in place on one temporary: this runs on every pixel of every frame.
+    """
+    c = np.atleast_1d(np.asarray(c, dtype=np.float32))
+    out = np.maximum(c, np.float32(0.04045))
+    out += 0.055
+    out /= 1.055
+    np.power(out, 2.4, out=out)
+    low = c <= 0.04045
+    out[low] = c[low] / 12.92
+    return out
 
 
 def linear_to_srgb(c: np.ndarray) -> np.ndarray:
@@ -197,30 +206,47 @@ def rigid_part(M: np.ndarray) -> tuple[np.ndarray, float]:
     return u @ vt, float(det ** (1.0 / 3.0))
 
 
-def skin_rotations(weights: np.ndarray | None, bone_matrices: np.ndarray | None, rest_quats: np.ndarray,
-                   object_rotation: np.ndarray) -> np.ndarray:
-    """World rotations (N, 4) of the posed splats: object rotation · polar(Σ_j w_j R_j) · rest rotation.
+@dataclass(frozen=True)
+class WeightPatterns:
+    """Vertex-group weights as distinct normalised rows + each point's row: an avatar has far fewer
+    distinct weightings than points (most are fully on one bone), so blending runs once per pattern."""
 
-    `weights` (N, J) are vertex-group weights, normalised per point as Blender's Armature modifier does (a
-    point with no weight keeps its rest rotation); `bone_matrices` (J, 4, 4) are the bones' world-space
-    deform matrices (armature world · pose · rest⁻¹ · armature world⁻¹); `rest_quats` the `rot_*`
-    attribute (object space, w-first). None weights or bones: a static object (a plain PLY).
+    rows: np.ndarray  # (P, J) normalised (rows summing to 0 are the unweighted pattern)
+    index: np.ndarray  # (N,) row of each point
+
+
+def weight_patterns(weights: np.ndarray) -> WeightPatterns:
+    """Normalised as Blender's Armature modifier does: w / sum(w); a point with no weight stays put."""
+    w = np.asarray(weights, dtype=np.float64)
+    total = w.sum(axis=1, keepdims=True)
+    w = np.where(total > 0, w / np.where(total > 0, total, 1.0), 0.0)
+    rows, index = np.unique(w, axis=0, return_inverse=True)
+    return WeightPatterns(rows, index.reshape(-1))
+
+
+def skin_rotations(weights: np.ndarray | WeightPatterns | None, bone_matrices: np.ndarray | None,
+                   rest_quats: np.ndarray, object_rotation: np.ndarray) -> np.ndarray:
+    """World rotations (N, 4) of the posed splats: polar(Σ_j w_j R_j) · object rotation · rest rotation.
+
+    `weights` (N, J) are vertex-group weights (or their `weight_patterns`, cached by the caller);
+    `bone_matrices` (J, 4, 4) are the bones' world-space deform matrices (armature world · pose · rest⁻¹ ·
+    armature world⁻¹); `rest_quats` the `rot_*` attribute (object space, w-first). None weights or bones:
+    a static object (a plain PLY).
     """
     rest = np.asarray(rest_quats, dtype=np.float64)
     world_q = matrix_to_quat(np.asarray(object_rotation, dtype=np.float64))
-    if weights is None or bone_matrices is None or weights.shape[1] == 0:
+    if weights is None or bone_matrices is None:
         return rig_build.quat_multiply(world_q, rest).astype(np.float32)
-    w = np.asarray(weights, dtype=np.float64)
-    total = w.sum(axis=1, keepdims=True)
-    moved = total[:, 0] > 0
-    w = np.where(total > 0, w / np.where(total > 0, total, 1.0), 0.0)
+    patterns = weights if isinstance(weights, WeightPatterns) else weight_patterns(weights)
     R = np.asarray(bone_matrices, dtype=np.float64)[:, :3, :3]
-    blended = np.einsum("nj,jab->nab", w[moved], R)
-    skin = np.empty((len(rest), 4))
-    skin[~moved] = (1.0, 0.0, 0.0, 0.0)
-    skin[moved] = matrix_to_quat(orthonormalize(blended))
+    blended = np.einsum("pj,jab->pab", patterns.rows, R)
+    moved = patterns.rows.sum(axis=1) > 0
+    skin = np.tile(np.array([1.0, 0.0, 0.0, 0.0]), (len(patterns.rows), 1))
+    if moved.any():
+        skin[moved] = matrix_to_quat(orthonormalize(blended[moved]))
     # world position = (Σ w_j M_j) · O · p, so the splat turns by polar(Σ w_j M_j) · R_O
-    return rig_build.quat_multiply(rig_build.quat_multiply(skin, world_q), rest).astype(np.float32)
+    per_pattern = rig_build.quat_multiply(skin, world_q)
+    return rig_build.quat_multiply(per_pattern[patterns.index], rest).astype(np.float32)
 
 
 def to_world(points: np.ndarray, matrix_world: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ class SplatStatic:
 
     attrs: object  # render_payload.ObjectAttributes
     rest_quats: np.ndarray  # (N, 4) the rot_* attribute, Blender object space
-    weights: np.ndarray | None  # (N, G) vertex-group weights, columns follow `groups`
+    weights: rb.WeightPatterns | None  # vertex-group weights (columns follow `groups`) as distinct rows
     groups: tuple[str, ...]
     object_id: str
     raw: dict  # Inria-named attributes as read (for PLY export)
@@ -112,7 +112,7 @@ def read_static(obj, scale: float, for_render: bool = True) -> SplatStatic:
         return cached
     raw = _read_float_attributes(mesh)
     attrs = rb.static_attributes(raw, scale)
-    weights = _read_weights(orig, mesh, groups) if groups else None
+    weights = rb.weight_patterns(_read_weights(orig, mesh, groups)) if groups else None
     static = SplatStatic(attrs, rb.rest_quats(raw), weights, groups, rb.object_id(attrs), raw)
     _STATIC_CACHE[key] = static
     return static
