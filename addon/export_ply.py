@@ -18,7 +18,6 @@ import numpy as np
 from bpy.props import EnumProperty, IntProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper
 
-from . import render_bridge as rb
 from . import rig_build
 from .render_engine import is_splat_object, pose_object, read_static
 

@@ -16,9 +16,15 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
-
-from pointillist.render.camera import blender_intrinsics, blender_matrix_world_to_viewmat
-from pointillist.server.render_payload import FrameObject, ObjectAttributes, RenderRequest
+from pointillist.render.camera import (
+    blender_intrinsics,
+    blender_matrix_world_to_viewmat,
+)
+from pointillist.server.render_payload import (
+    FrameObject,
+    ObjectAttributes,
+    RenderRequest,
+)
 
 from . import rig_build
 

@@ -224,7 +224,12 @@ def backend_client():
 def render_frame(client, splats: list[PosedSplats], view: rb.View, background: np.ndarray | None,
                  want_depth: bool, timings: dict | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """(RGBA (H, W, 4), depth or None) from the backend; registers objects it lacks (once, or after a 404)."""
-    from pointillist.server.render_payload import FrameObject, decode_raw_image, encode_object, encode_render
+    from pointillist.server.render_payload import (
+        FrameObject,
+        decode_raw_image,
+        encode_object,
+        encode_render,
+    )
 
     from .http_client import BackendError
 
@@ -281,7 +286,7 @@ class PointillistRenderEngine(bpy.types.RenderEngine):
         scene = depsgraph.scene
         try:
             self._render(depsgraph, scene)
-        except Exception as exc:  # never a crash: the artist sees why, the render ends empty
+        except Exception as exc:  # noqa: BLE001 - never a crash: the artist sees why, the render ends empty
             message = str(exc) if isinstance(exc, (RuntimeError, ValueError)) else f"{type(exc).__name__}: {exc}"
             self.report({"ERROR"}, f"Gaussian Splats: {message}")
             self.error_set(f"Gaussian Splats: {message}")

@@ -90,7 +90,7 @@ class ViewportState:
             try:
                 rgba, _ = render_frame(client, splats, view, background, False)
                 out = (key, rb.combined_pass(rgba, transparent), view.width, view.height)
-            except Exception as exc:  # shown in the header; the next view change retries
+            except Exception as exc:  # noqa: BLE001 - shown in the header; the next view change retries
                 out = (key, str(exc), 0, 0)
             with self._lock:
                 self.result = out
@@ -127,7 +127,6 @@ def _redraw_later(engine) -> None:
             engine.tag_redraw()
         except ReferenceError:  # the viewport engine is gone
             pass
-        return None
 
     if not bpy.app.timers.is_registered(tick):
         bpy.app.timers.register(tick, first_interval=0.1)

@@ -83,16 +83,19 @@ def direct_rasterize_ms(avatar, posed_path: Path, cam: dict, repeats: int) -> fl
     """The same posed Gaussians and camera straight through `rasterize()` (what the service runs)."""
     import numpy as np
     import torch
-    from pointillist.render.camera import blender_intrinsics, blender_matrix_world_to_viewmat
+    from pointillist.render.camera import (
+        blender_intrinsics,
+        blender_matrix_world_to_viewmat,
+    )
     from pointillist.render.rasterize import rasterize
 
     g = avatar.gaussians
     posed = np.load(posed_path)
     means, quats = torch.from_numpy(posed[:, :3].copy()), torch.from_numpy(posed[:, 3:].copy())
     sh = torch.from_numpy(np.concatenate([g.sh_dc[:, None], g.sh_rest], axis=1).astype(np.float32))
-    kw = dict(viewmat=blender_matrix_world_to_viewmat(np.array(cam["camera"])).astype(np.float32),
-              K=blender_intrinsics(cam["lens"], cam["sensor"], cam["sensor"], "AUTO", 0, 0, SIZE, SIZE).astype(np.float32),
-              width=SIZE, height=SIZE, near=0.1, far=100.0)
+    kw = {"viewmat": blender_matrix_world_to_viewmat(np.array(cam["camera"])).astype(np.float32),
+              "K": blender_intrinsics(cam["lens"], cam["sensor"], cam["sensor"], "AUTO", 0, 0, SIZE, SIZE).astype(np.float32),
+              "width": SIZE, "height": SIZE, "near": 0.1, "far": 100.0}
     args = (means, quats, torch.from_numpy(g.scales().astype(np.float32)),
             torch.from_numpy(g.opacities().astype(np.float32)))
     with torch.no_grad():

@@ -14,8 +14,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from addon import render_bridge as rb  # noqa: E402
-from addon import rig_build  # noqa: E402
+from addon import render_bridge as rb
+from addon import rig_build
 
 
 def test_srgb_round_trip_and_known_values():
@@ -113,7 +113,11 @@ def test_matrix_to_quat_matches_scipy():
 def test_skinning_matches_the_backend_lbs():
     """Blended bone rotations, polar-orthonormalised, times the rest rotation: as `animate()` does."""
     import torch
-    from pointillist.head.lbs import matrix_to_quaternion, orthonormalize, quaternion_multiply
+    from pointillist.head.lbs import (
+        matrix_to_quaternion,
+        orthonormalize,
+        quaternion_multiply,
+    )
     from scipy.spatial.transform import Rotation
 
     rng = np.random.default_rng(7)
@@ -173,7 +177,11 @@ def test_static_attributes_read_the_importer_layout():
 
 
 def test_render_request_encodes_through_the_backend_format():
-    from pointillist.server.render_payload import FrameObject, encode_render, parse_render
+    from pointillist.server.render_payload import (
+        FrameObject,
+        encode_render,
+        parse_render,
+    )
 
     view = rb.View(np.eye(4), np.array([[100.0, 0, 8], [0, 100.0, 8], [0, 0, 1]]), 16, 16, 0.1, 10.0, ortho=True)
     obj = FrameObject("bl-x", np.zeros((2, 3), np.float32), np.tile(np.float32([1, 0, 0, 0]), (2, 1)))

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.blender
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from addon import render_bridge as rb  # noqa: E402
+from addon import render_bridge as rb
 
 EXPORT = """
 import math

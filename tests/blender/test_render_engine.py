@@ -21,8 +21,8 @@ pytestmark = [pytest.mark.blender, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from addon import render_bridge as rb  # noqa: E402
-from addon import rig_build  # noqa: E402
+from addon import render_bridge as rb
+from addon import rig_build
 
 OUT = ROOT / "out" / "render_bridge"
 JAW_DEG = 22.0
@@ -118,7 +118,10 @@ def _direct_render(server, avatar, head, jaw_deg: float, camera: dict, size: int
 
     from PIL import Image
     from pointillist.avatar.animate import AvatarAnimator
-    from pointillist.render.camera import blender_intrinsics, blender_matrix_world_to_viewmat
+    from pointillist.render.camera import (
+        blender_intrinsics,
+        blender_matrix_world_to_viewmat,
+    )
     from pointillist.server.render_payload import (
         FrameObject,
         ObjectAttributes,
@@ -195,7 +198,11 @@ def test_f12_matches_the_backend_and_a_keyed_jaw_moves_only_the_lower_face(blend
 
 def _eye_row(avatar, head, camera: dict, size: int) -> float:
     from pointillist.avatar.point_rig import build_point_rig
-    from pointillist.render.camera import blender_intrinsics, blender_matrix_world_to_viewmat, project_points
+    from pointillist.render.camera import (
+        blender_intrinsics,
+        blender_matrix_world_to_viewmat,
+        project_points,
+    )
 
     joints = rig_build.to_blender(build_point_rig(avatar, head.data).rest_joints)
     viewmat = blender_matrix_world_to_viewmat(np.array(camera["matrix_world"]))

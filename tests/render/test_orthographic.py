@@ -9,9 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from pointillist.render.rasterize import project_gaussians, rasterize
-from pointillist.server.render_payload import FrameObject, RenderRequest, encode_render, parse_render
+from pointillist.server.render_payload import (
+    FrameObject,
+    RenderRequest,
+    encode_render,
+    parse_render,
+)
 
 
 def _splats(points):
@@ -60,8 +64,8 @@ def test_fast_path_matches_torch_for_ortho():
     rng = np.random.default_rng(4)
     means, quats, scales, opac = _splats(rng.uniform(-0.1, 0.1, (40, 3)) + [0, 0, 1.0])
     colors = torch.tensor(rng.uniform(0, 1, (40, 3)), dtype=torch.float32)
-    kw = dict(viewmat=np.eye(4), K=np.array([[250.0, 0, 32], [0, 250.0, 32], [0, 0, 1]]), width=64, height=64,
-              camera_model="ortho")
+    kw = {"viewmat": np.eye(4), "K": np.array([[250.0, 0, 32], [0, 250.0, 32], [0, 0, 1]]), "width": 64, "height": 64,
+              "camera_model": "ortho"}
     try:
         fast = rasterize(means, quats, scales, opac, colors, backend="fast", **kw)
     except RuntimeError:
