@@ -3,8 +3,9 @@
 Today: the head model's expression contact sheet, the bundled portrait fitted (crop, matte, fit, overlay),
 the generator's avatar of that portrait (bundle, comparison sheet, turntable), procedural avatars in every
 hair style, posed renders, animated previews, and the avatar opened in headless Blender with the add-on
-(rigged, a blink-and-talk clip keyed, saved as out/demo/blender/avatar.blend). Later stages (render bridge,
-exports) append themselves to `STAGES`, so one command keeps running the whole product end to end.
+(rigged, a blink-and-talk clip keyed, saved as out/demo/blender/avatar.blend, the clip rendered through the
+"Gaussian Splats" engine into out/demo/blender/frames/, FBX/USD/glTF/PLY exports in out/demo/blender/exports/).
+New stages append themselves to `STAGES`, so one command keeps running the whole product end to end.
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def stage_create(ctx: DemoContext) -> None:
 
 
 def stage_blender(ctx: DemoContext) -> None:
-    """The avatar in headless Blender with the add-on: rigged, blink-and-talk keyed, saved as a .blend.
+    """The avatar in headless Blender with the add-on: rigged, blink-and-talk keyed, saved as a .blend, the
+    clip rendered through the Gaussian Splats engine, FBX/USD/glTF/PLY exports beside it.
 
     Runs `pointillist.blender_scene` in a subprocess of this interpreter when it can import bpy (the
     `blender` extra), so bpy and torch never share a process; skipped with a note otherwise.
@@ -170,13 +172,16 @@ def stage_blender(ctx: DemoContext) -> None:
         return
     out = ctx.out / "blender" / "avatar.blend"
     env = {**os.environ, "BLENDER_USER_RESOURCES": os.environ.get("BLENDER_USER_RESOURCES") or tempfile.mkdtemp(prefix="pointillist-blender-")}
-    proc = subprocess.run([sys.executable, "-m", "pointillist.blender_scene", str(bundle), str(out)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    options = ["--render-size", "256", "--frame-step", "12"] if ctx.quick else ["--render-size", "384"]
+    proc = subprocess.run([sys.executable, "-m", "pointillist.blender_scene", str(bundle), str(out), *options],
+                          capture_output=True, text=True, env=env, timeout=1200)
     if proc.returncode != 0:
         raise RuntimeError(f"Blender scene failed:\n{proc.stderr[-3000:]}")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     ctx.log(f"blender: {summary['points']} splats, {summary['shape_keys']} shape keys, blink-and-talk keyed on frames "
             f"{summary['frames'][0]}-{summary['frames'][1]} -> open {out}")
+    ctx.log(f"blender: {len(summary.get('renders', []))} frames rendered through the Gaussian Splats engine in "
+            f"{out.parent / 'frames'}; exports ({', '.join(summary['exports'])}) in {out.parent / 'exports'}")
     ctx.results["blender"] = summary
 
 
