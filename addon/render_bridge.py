@@ -55,6 +55,23 @@ def srgb_to_linear(c: np.ndarray) -> np.ndarray:
     return out
 
 
+_LUT_SIZE = 65536
+_SRGB_LUT: np.ndarray | None = None
+
+
+def srgb_to_linear_lut(c: np.ndarray) -> np.ndarray:
+    """`srgb_to_linear` of values clipped to [0, 1] by a 65,536-entry table: within 2e-5 of the exact curve
+    (far below an 8-bit step) at about half the cost of `np.power` on every pixel of every frame."""
+    global _SRGB_LUT
+    if _SRGB_LUT is None:
+        _SRGB_LUT = srgb_to_linear(np.linspace(0.0, 1.0, _LUT_SIZE, dtype=np.float32))
+    idx = np.multiply(c, np.float32(_LUT_SIZE - 1), dtype=np.float32)
+    np.nan_to_num(idx, copy=False, nan=0.0)  # a NaN pixel must not become an out-of-range index
+    np.clip(idx, 0.0, _LUT_SIZE - 1, out=idx)
+    idx += 0.5
+    return _SRGB_LUT[idx.astype(np.int32)]
+
+
 def linear_to_srgb(c: np.ndarray) -> np.ndarray:
     c = np.asarray(c, dtype=np.float32)
     return np.where(c <= 0.0031308, c * 12.92, 1.055 * np.maximum(c, 0.0031308) ** (1 / 2.4) - 0.055).astype(np.float32)
@@ -336,10 +353,10 @@ def combined_pass(rgba: np.ndarray, transparent: bool) -> np.ndarray:
     if transparent:
         alpha = np.clip(src[..., 3:4], 0.0, 1.0)
         straight = np.divide(src[..., :3], alpha, out=np.zeros_like(src[..., :3]), where=alpha > 1e-6)
-        out[..., :3] = srgb_to_linear(np.clip(straight, 0.0, 1.0)) * alpha
+        out[..., :3] = srgb_to_linear_lut(straight) * alpha
         out[..., 3:] = alpha
     else:
-        out[..., :3] = srgb_to_linear(np.clip(src[..., :3], 0.0, 1.0))
+        out[..., :3] = srgb_to_linear_lut(src[..., :3])
         out[..., 3] = 1.0
     return out.reshape(h * w, 4)
 

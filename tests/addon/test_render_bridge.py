@@ -22,6 +22,10 @@ def test_srgb_round_trip_and_known_values():
     c = np.linspace(0, 1, 1001, dtype=np.float32)
     np.testing.assert_allclose(rb.linear_to_srgb(rb.srgb_to_linear(c)), c, atol=2e-6)
     assert rb.srgb_to_linear(np.float32(0.5)) == pytest.approx(0.21404, abs=1e-5)
+    dense = np.linspace(-0.1, 1.1, 200_001, dtype=np.float32)
+    exact = rb.srgb_to_linear(np.clip(dense, 0.0, 1.0))
+    assert np.abs(rb.srgb_to_linear_lut(dense) - exact).max() < 2e-5  # the per-frame table
+    assert rb.srgb_to_linear_lut(np.float32([np.nan, np.inf, -np.inf])).tolist() == [0.0, 1.0, 0.0]
 
 
 def test_combined_pass_is_linear_premultiplied_and_bottom_up():
@@ -29,7 +33,7 @@ def test_combined_pass_is_linear_premultiplied_and_bottom_up():
     rgba[0, 0] = (0.25, 0.1, 0.0, 0.5)  # top-left: premultiplied sRGB over black
     rgba[1, 2] = (0.8, 0.8, 0.8, 1.0)
     out = rb.combined_pass(rgba, transparent=True).reshape(2, 3, 4)
-    np.testing.assert_allclose(out[1, 0, :3], rb.srgb_to_linear(np.float32([0.5, 0.2, 0.0])) * 0.5, atol=1e-6)
+    np.testing.assert_allclose(out[1, 0, :3], rb.srgb_to_linear(np.float32([0.5, 0.2, 0.0])) * 0.5, atol=3e-5)
     assert out[1, 0, 3] == 0.5 and out[0, 2, 3] == 1.0
     assert not out[1, 1].any()  # empty pixel: nothing, no NaN from 0/0
     # what the 'Standard' view writes (un-premultiply, encode) is the backend's straight colour
