@@ -200,7 +200,7 @@ def cmd_train(args) -> None:
     config = TrainConfig(stage=args.stage, data=args.data, output=args.output, init=args.init, steps=args.steps,
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, save_every=args.save_every,
                          render_size=args.render_size, dinov2_weights=args.dinov2_weights,
-                         model=MODEL_PRESETS[args.model_size])
+                         head_dropout=args.head_dropout, model=MODEL_PRESETS[args.model_size])
     Trainer(config, head=_load_head(args.head), log=lambda line: print(line, file=sys.stderr, flush=True)).run()
     print(json.dumps({"checkpoint": args.output}))
 
@@ -471,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--render-size", type=int, default=64, help="decoder stage: training render size (pixels)")
+    p.add_argument("--head-dropout", type=float, default=0.0, metavar="P",
+                   help="ar stage: hide the fitted head's tokens from a sample with probability P, so the "
+                        "transformer learns to read the portrait")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--dinov2-weights", metavar="PTH", help="Meta's DINOv2 ViT-S/B/L 14 weights: start the image encoder from them, frozen")
     head_option(p)

@@ -155,3 +155,34 @@ def test_proxy_targets_mirror_with_the_image():
         out, tt = augment_views(img, ProxyTargets(*(getattr(t, f)[:1] for f in t.__dataclass_fields__)), rng, 0.0, 0.0)
         flipped = bool(tt.occupancy[0, -1].all())
         assert (out[0, 0, 8, 12] > 0.5) == flipped and (out[0, 0, 8, 3] > 0.5) != flipped
+
+
+def test_head_dropout_hides_the_fitted_head_from_the_ar_loss(data, tmp_path):
+    """With head dropout the AR loss of a hidden sample cannot depend on the head-mesh tokens (so the
+    transformer must read the image); without it, it does."""
+    import torch
+
+    trainer = _train(data, tmp_path / "ar.safetensors", "ar", 1, head_dropout=1.0)
+    trainer.model.eval()  # no attention dropout: equal inputs give equal losses
+    records = [trainer.data[0]]
+    images, points = trainer.conditioning_inputs(records)
+    real = lambda recs: (images, points)  # noqa: E731 - the same rendered view every call
+    shifted = lambda recs: (images, points + 0.05)  # noqa: E731 - a different fitted head
+    trainer.conditioning_inputs = real
+
+    def loss() -> float:
+        trainer.rng = np.random.default_rng(0)  # the same token window every call
+        return float(trainer.ar_loss(records))
+
+    with torch.no_grad():
+        hidden = [loss() for _ in range(2)]
+        trainer.conditioning_inputs = shifted
+        hidden_shifted = loss()
+        trainer.cfg.head_dropout = 0.0
+        seen_shifted = loss()
+        trainer.conditioning_inputs = real
+        seen = loss()
+    assert hidden[0] == pytest.approx(hidden[1], abs=1e-6) == pytest.approx(hidden_shifted, abs=1e-6)
+    assert abs(seen - seen_shifted) > 1e-4
+    with pytest.raises(ValueError, match="head_dropout"):
+        TrainConfig(stage="ar", data=str(data), output=str(tmp_path / "x.safetensors"), head_dropout=1.5)

@@ -29,13 +29,15 @@ class Generator(nn.Module):
         self.ar = ARTransformer(config.ar, self.tokenizer.vocab_size, t.levels, (t.box_min, t.box_max))
         self.decoder = GaussianDecoder(config.decoder, config.tokenizer, d)
 
-    def condition(self, images: Tensor, head_points: Tensor, image_scale: float = 1.0) -> Tensor:
+    def condition(self, images: Tensor, head_points: Tensor, image_scale: float | Tensor = 1.0,
+                  point_scale: float | Tensor = 1.0) -> Tensor:
         """images (B, 3, S, S) in [0, 1], head_points (B, M, 6) -> conditioning tokens (B, C, d).
 
-        `image_scale=0` zeroes the image features (the conditioning ablation).
+        `image_scale=0` zeroes the image features (the conditioning ablation); `point_scale` does the same for
+        the head-mesh tokens. Either may be a (B, 1, 1) tensor to zero them per sample (training dropout).
         """
         img = self.image_proj(self.image_encoder(images)) * image_scale + self.source_emb[0]
-        pts = self.point_proj(self.point_encoder(head_points)) + self.source_emb[1]
+        pts = self.point_proj(self.point_encoder(head_points)) * point_scale + self.source_emb[1]
         return torch.cat([img, pts], dim=1)
 
     def parameter_counts(self) -> dict[str, int]:

@@ -62,7 +62,14 @@ class TrainConfig:
     colour_weight: float = 0.5
     chamfer_weight: float = 0.5
     dinov2_weights: str | None = None
+    #: AR stage: probability of hiding a sample's head-mesh tokens, so the transformer must read the image
+    #: (the fitted head explains the face so well that the image is otherwise ignored; hair is only in the image).
+    head_dropout: float = 0.0
     model: dict = field(default_factory=dict)  # GeneratorConfig JSON overrides for a fresh model
+
+    def __post_init__(self):
+        if not 0.0 <= self.head_dropout <= 1.0:
+            raise ValueError(f"head_dropout must be a probability in [0, 1], got {self.head_dropout}")
 
 
 def sidecar(output: str | os.PathLike, suffix: str) -> Path:
@@ -227,7 +234,11 @@ class Trainer:
         m = self.model
         window = m.config.ar.window
         images, points = self.conditioning_inputs(records)
-        cond = m.condition(images, points, image_scale=image_scale)
+        point_scale = 1.0
+        if self.cfg.head_dropout > 0:  # ar_loss is the training loss (evaluation has its own)
+            keep = self.rng.random(len(records)) >= self.cfg.head_dropout
+            point_scale = torch.as_tensor(keep, dtype=torch.float32)[:, None, None]
+        cond = m.condition(images, points, image_scale=image_scale, point_scale=point_scale)
         inputs, targets, positions = [], [], []
         for r in records:
             seq = m.tokenizer.encode(r.ar_points, r.ar_binding).tokens
