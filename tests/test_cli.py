@@ -143,3 +143,25 @@ def test_fit_bad_portraits_exit_2_and_write_nothing(tmp_path):
         out = tmp_path / f"out-{name}"
         assert_user_error(run("fit", str(tmp_path / name), "-o", str(out)), message)
         assert not out.exists() or not any(out.iterdir())
+
+
+def test_entry_points_let_openmp_threads_sleep_before_torch_loads():
+    """`pointillist …` and `python -m pointillist.server` set OMP_WAIT_POLICY=PASSIVE before torch is imported
+    (spinning OpenMP threads made the numba rasterizer ~5x slower), and an explicit setting wins."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import os, sys\n"
+             "from pointillist.cli import main\n"
+             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n")
+    server = "import os, sys, pointillist.server.__main__\nprint(os.environ.get('OMP_WAIT_POLICY'))\n"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split()[-2:] == ["PASSIVE", "False"]
+    out = subprocess.run([sys.executable, "-c", server], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split()[-1] == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", server], capture_output=True, text=True,
+                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, check=True)
+    assert out.stdout.split()[-1] == "ACTIVE"

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, passive_openmp
 
 if TYPE_CHECKING:  # heavy modules load inside the commands, so `--help` stays instant
     from .preview import ViewSpec
@@ -580,6 +580,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    passive_openmp()  # before any command imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     start = time.perf_counter()

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .main import add_serve_arguments, run_serve
+from .. import passive_openmp
+
+passive_openmp()  # before .main imports torch: the render endpoint's rasterizer needs its threads
+
+from .main import add_serve_arguments, run_serve  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
