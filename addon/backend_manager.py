@@ -61,7 +61,13 @@ class BackendManager:
                 raise BackendProcessError("the local backend is not configured")
             if self.process is not None and self.process.alive() and self.process.ready is not None:
                 ready = self.process.ready
-                return self._check(Client(ready.url, ready.token), remote=False)
+                try:
+                    return self._check(Client(ready.url, ready.token), remote=False)
+                except BackendError as exc:
+                    # A killed process looks alive until its threads are torn down and it can be reaped; if it
+                    # was dying, restart it below instead of failing the artist's request.
+                    if exc.code != "unreachable" or self._process_alive():
+                        raise
             if self.process is not None:  # it was started and has died since
                 died = self.process
                 self.process = None

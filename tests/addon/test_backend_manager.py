@@ -85,3 +85,16 @@ def test_remote_with_a_wrong_token_or_no_server_is_a_clear_error(fake_backend, t
         local.stop()
     with pytest.raises(BackendError, match="cannot reach the backend"):
         remote.ensure()
+
+
+def test_a_request_right_after_a_crash_restarts_instead_of_failing(fake_backend, tmp_path):
+    """A killed backend looks alive until it is reaped; a request in that window must restart it, not raise
+    'cannot reach the backend' at the artist (the race behind a flaky Blender test)."""
+    manager = BackendManager()
+    manager.configure(_local(tmp_path))
+    manager.ensure()
+    first = manager.pid
+    os.kill(first, signal.SIGKILL)  # no waiting: ensure() runs while the process may still be tearing down
+    client = manager.ensure()
+    assert manager.pid != first and client.health()["status"] == "ok" and manager.state == "running"
+    manager.stop()
