@@ -117,6 +117,14 @@ def test_demo_quick(tmp_path):
         assert (out / name).is_file(), name
     assert Image.open(out / "preview_talk.gif").n_frames > 5
     assert 1 <= summary["create"]["points"] <= 256 and summary["create"]["gaussians"] >= summary["create"]["points"]
+    import importlib.util
+
+    if importlib.util.find_spec("bpy") is not None:  # bpy here: the .blend, the clip's frames and the exports
+        assert summary["blender"], "bpy is installed, so the demo must open the avatar in Blender"
+        assert (out / "blender" / "avatar.blend").is_file()
+        frames = sorted((out / "blender" / "frames").glob("*.png"))
+        assert len(frames) == len(summary["blender"]["renders"]) >= 2
+        assert {p.name for p in (out / "blender" / "exports").iterdir()} >= {"avatar.fbx", "avatar.usdc", "avatar_rig.glb"}
 
 
 def test_fit_writes_crop_matte_fit_and_overlay(tmp_path):
