@@ -44,7 +44,7 @@ def main() -> None:
     s = result.summary()
     points_per_s = result.points / max(result.seconds["generate"], 1e-9)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"| stage | seconds |\n|---|---:|")
+    print("| stage | seconds |\n|---|---:|")
     for k, v in s["seconds"].items():
         print(f"| {k} | {v:.3f} |")
     print(f"| **total** | **{s['total_seconds']:.3f}** |\n")
