@@ -100,8 +100,13 @@ class _AvatarOperator:
 
     # No poll: the panel shows these buttons only for an avatar, and a script calling them without one
     # gets a message saying what to select rather than "context is incorrect".
-    def _parts(self, context):
-        return resolve_avatar(context, self.avatar)
+    def execute(self, context):
+        try:
+            arm, points = resolve_avatar(context, self.avatar)
+        except RuntimeError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        return self.run(context, arm, points)  # each operator's own work
 
 
 class AVATAR_OT_key_all(_AvatarOperator, bpy.types.Operator):
@@ -111,12 +116,7 @@ class AVATAR_OT_key_all(_AvatarOperator, bpy.types.Operator):
     bl_label = "Key All"
     bl_options = {"REGISTER", "UNDO"}
 
-    def execute(self, context):
-        try:
-            arm, points = self._parts(context)
-        except RuntimeError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
+    def run(self, context, arm, points):
         count = key_all(arm, points, context.scene.frame_current)
         self.report({"INFO"}, f"Keyed {count} channels at frame {context.scene.frame_current}")
         return {"FINISHED"}
@@ -129,12 +129,7 @@ class AVATAR_OT_reset_expression(_AvatarOperator, bpy.types.Operator):
     bl_label = "Reset"
     bl_options = {"REGISTER", "UNDO"}
 
-    def execute(self, context):
-        try:
-            arm, points = self._parts(context)
-        except RuntimeError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
+    def run(self, context, arm, points):
         reset_pose(arm, points)
         return {"FINISHED"}
 
@@ -148,12 +143,7 @@ class AVATAR_OT_add_gaze_target(_AvatarOperator, bpy.types.Operator):
 
     distance: FloatProperty(name="Distance", default=0.6, min=0.05, max=10.0, unit="LENGTH")
 
-    def execute(self, context):
-        try:
-            arm, _points = self._parts(context)
-        except RuntimeError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
+    def run(self, context, arm, points):
         empty = add_gaze_target(context, arm, self.distance)
         self.report({"INFO"}, f"The eyes follow {empty.name}")
         return {"FINISHED"}
@@ -168,12 +158,7 @@ class AVATAR_OT_blink_and_talk(_AvatarOperator, bpy.types.Operator):
 
     seconds: FloatProperty(name="Seconds", default=3.0, min=1.0, max=30.0)
 
-    def execute(self, context):
-        try:
-            arm, points = self._parts(context)
-        except RuntimeError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
+    def run(self, context, arm, points):
         scene = context.scene
         fps = scene.render.fps / scene.render.fps_base
         names = [k.name for k in expression_keys(points)]
