@@ -24,9 +24,10 @@ ROOT = Path(__file__).resolve().parents[2]
 ADDON_MODULE = "bl_ext.pointillist_demo.pointillist"
 
 
-def extension_repo(addon_dir: Path, head_model: Path) -> Path:
-    """A throw-away extension repository holding the source add-on (+ manifest and head model asset)."""
-    repo = Path(tempfile.mkdtemp(prefix="pointillist-ext-"))
+def extension_repo(addon_dir: Path, head_model: Path, repo: Path | None = None) -> Path:
+    """A throw-away extension repository (`repo`, or a new temp folder) holding `pointillist/`: the source
+    add-on, its manifest and `assets/head_template.npz`, all symlinks (edits show), laid out as the zip."""
+    repo = Path(tempfile.mkdtemp(prefix="pointillist-ext-")) if repo is None else repo
     pkg = repo / "pointillist"
     pkg.mkdir()
     for entry in addon_dir.iterdir():

@@ -35,18 +35,11 @@ _PYTHONS = blender_pythons()
 
 @pytest.fixture(scope="session")
 def dev_extension_repo(tmp_path_factory) -> Path:
-    """A repository folder holding `pointillist/` = the source add-on + manifest + `assets/head_template.npz`
-    (symlinks, so edits show), laid out as build_addon.py lays out the zip."""
-    repo = tmp_path_factory.mktemp("extensions")
-    pkg = repo / "pointillist"
-    pkg.mkdir()
-    for entry in (ROOT / "addon").iterdir():
-        if entry.name != "__pycache__":
-            (pkg / entry.name).symlink_to(entry)
-    (pkg / "blender_manifest.toml").symlink_to(ROOT / "blender_manifest.toml")
-    (pkg / "assets").mkdir()  # build_addon.py puts the same files here in the zip
-    (pkg / "assets" / "head_template.npz").symlink_to(ROOT / "blender_assets" / "head_template.npz")
-    return repo
+    """The source add-on as an extension repository, made the way the demo makes it."""
+    from pointillist.blender_scene import extension_repo
+
+    return extension_repo(ROOT / "addon", ROOT / "blender_assets" / "head_template.npz",
+                          tmp_path_factory.mktemp("extensions"))
 
 
 PRELUDE = textwrap.dedent(
