@@ -41,14 +41,11 @@ BLENDER_SCRIPT = textwrap.dedent(
     from pathlib import Path
     import bpy, addon_utils
     import numpy as np
-    from pointillist.blender_scene import extension_repo, ADDON_MODULE
+    from pointillist.blender_scene import enable_source_addon, extension_repo, ADDON_MODULE
     args = json.loads(sys.argv[-1])
     bpy.ops.wm.read_factory_settings(use_empty=True)
     repo = extension_repo(Path(args["addon"]), Path(args["head"]))
-    bpy.context.preferences.extensions.repos.new(name="pointillist_demo", module="pointillist_demo",
-                                                 custom_directory=str(repo), source="USER")
-    addon_utils.enable(ADDON_MODULE, default_set=True, handle_error=None)
-    addon = sys.modules[ADDON_MODULE]
+    addon = enable_source_addon(repo)
     prefs = bpy.context.preferences.addons[ADDON_MODULE].preferences
     prefs.backend_mode, prefs.remote_url, prefs.remote_token = "REMOTE", args["url"], args["token"]
     scene = bpy.context.scene

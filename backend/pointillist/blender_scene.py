@@ -42,6 +42,21 @@ def extension_repo(addon_dir: Path, head_model: Path, repo: Path | None = None) 
     return repo
 
 
+def enable_source_addon(repo: Path, repo_name: str = "pointillist_demo"):
+    """Register `repo` (from `extension_repo`) as a user extension repository and enable the add-on in it,
+    as Blender does an installed extension; returns the add-on module. Call inside a bpy process."""
+    import importlib
+
+    import bpy
+
+    addon_utils = importlib.import_module("addon_utils")  # only importable once bpy has set up its script paths
+    bpy.context.preferences.extensions.repos.new(name=repo_name, module=repo_name, custom_directory=str(repo),
+                                                 source="USER")
+    module = f"bl_ext.{repo_name}.pointillist"
+    addon_utils.enable(module, default_set=True, handle_error=None)
+    return sys.modules[module]
+
+
 def render_clip(scene, frames_dir: Path, size: int, step: int) -> list[str]:
     """F12 of every `step`-th frame of the scene's range through the add-on's render engine -> PNGs."""
     import bpy
@@ -102,10 +117,7 @@ def build_scene(bundle: Path, out: Path, addon_dir: Path, head_model: Path, rend
     bpy.ops.wm.read_factory_settings(use_empty=True)
     repo = extension_repo(addon_dir, head_model)
     try:
-        bpy.context.preferences.extensions.repos.new(name="pointillist_demo", module="pointillist_demo",
-                                                     custom_directory=str(repo), source="USER")
-        addon_utils.enable(ADDON_MODULE, default_set=True, handle_error=None)
-        addon = sys.modules[ADDON_MODULE]
+        addon = enable_source_addon(repo)
         arm = addon.importer.import_avatar(bpy.context, str(bundle))
         scene = bpy.context.scene
         scene.render.fps, scene.frame_start, scene.frame_end = 24, 1, 72

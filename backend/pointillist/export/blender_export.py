@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..blender_scene import ROOT, extension_repo
+from ..blender_scene import ROOT, enable_source_addon, extension_repo
 from .errors import ExportError
 
 #: Formats written by Blender's exporters, and what each keeps (for the CLI's --help).
@@ -34,7 +34,6 @@ BLENDER_FORMATS: dict[str, str] = {
 #: File endings Blender's exporters accept per format.
 EXTENSIONS: dict[str, tuple[str, ...]] = {"fbx": (".fbx",), "usd": (".usdc", ".usd", ".usda", ".usdz")}
 ADDON_REPO = "pointillist_export"
-ADDON_MODULE = f"bl_ext.{ADDON_REPO}.pointillist"
 #: Exit status of the child for a problem the user can fix (bad bundle, wrong file name): its message is shown.
 EXIT_USER_ERROR = 3
 
@@ -107,18 +106,13 @@ def export_with_blender(bundle: os.PathLike, fmt: str, output: os.PathLike, *, f
 # ------------------------------------------------------------------------------------ inside the bpy process
 def _export_in_blender(bundle: Path, out: Path, fmt: str, frames: tuple[int, int] | None, fps: float,
                        head: Path | None, addon_dir: Path, head_asset: Path) -> dict:
-    import importlib
 
     import bpy
 
-    addon_utils = importlib.import_module("addon_utils")  # importable only once bpy has set up its paths
     bpy.ops.wm.read_factory_settings(use_empty=True)
     repo = extension_repo(addon_dir, head_asset)
     try:
-        bpy.context.preferences.extensions.repos.new(name=ADDON_REPO, module=ADDON_REPO, custom_directory=str(repo),
-                                                     source="USER")
-        addon_utils.enable(ADDON_MODULE, default_set=True, handle_error=None)
-        addon = sys.modules[ADDON_MODULE]
+        addon = enable_source_addon(repo, ADDON_REPO)
         if head is not None:
             addon.preferences.get_prefs(bpy.context).head_model = str(head)
         scene = bpy.context.scene
