@@ -1,62 +1,110 @@
-"""Held-out evaluation of a generator checkpoint (`pointillist evaluate`).
+"""Held-out evaluation of generator checkpoints (`pointillist eval`, alias `evaluate`).
 
-On subjects of the fixed held-out split (never trained on), with no photometric refinement:
+On subjects of the fixed held-out split (never trained on), balanced across hair styles, with no
+photometric refinement, for one or several checkpoints side by side (each sees the same subjects, seeds
+and driving frames):
 
-* AR loss (teacher-forced cross-entropy) with the image features, and with them zeroed: the second must
-  be higher if the generator uses the portrait at all;
-* generated points: count per hair style (does it adapt?), Chamfer distance to the true AR points (cm),
-  binding accuracy (the generated triangle equals the nearest true point's);
-* novel-view PSNR of the decoded avatar on the subject's other views, against the paper's "template
-  positions" ablation: the same decoder fed points on the head surface (the head mesh's own vertices,
-  each bound to a triangle it belongs to), with AR hidden states from a teacher-forced pass over them.
+* novel-view PSNR and SSIM (``metrics.ssim``, the standard Gaussian-window SSIM) of the decoded avatar on
+  the subject's other views, against the paper's "template positions" ablation: the same decoder fed points
+  on the head surface (the head mesh's own vertices, each bound to a triangle it belongs to), with AR hidden
+  states from a teacher-forced pass over them;
+* reenactment AKD (``eval_reenact``): the generated and the ground-truth avatar posed with the same driving
+  frames, rendered at 512² from the portrait camera, MediaPipe landmarks compared in pixels;
+* generated points: Chamfer distance to the true AR points (cm), binding accuracy (the generated triangle
+  equals the nearest true point's), count per hair style (mean ± std) and its correlation with the true
+  count (does the count adapt to the subject?);
+* AR loss (teacher-forced cross-entropy) with the image features, and with them zeroed: the second must be
+  higher if the generator uses the portrait at all;
+* a contact sheet (``eval_sheet``).
+
+Ground-truth renders and landmarks are computed once per subject and shared by all checkpoints.
 """
 
 from __future__ import annotations
 
-import json
+import math
+import os
+import time
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.spatial import cKDTree
 
 from ..head.model import HeadModel
 from ..model.checkpoint import load_generator
 from ..model.point_encoder import SurfaceSampler
 from ..model.sampling import SamplingOptions, generate
-from ..render.rasterize import rasterize
-from ..render.sh import SH_C0
-from .losses import psnr
+from . import metrics
+from .eval_reenact import (
+    DRIVING_FRAMES,
+    GaussianArrays,
+    detect,
+    make_avatar,
+    posed_renders,
+    reenactment_akd,
+    render_white,
+    scaled_K,
+    to_uint8,
+)
+from .eval_sheet import contact_sheet
 from .train_generator import conditioning_inputs, teacher_forced_hidden, windowed_passes
+
+
+class EvalError(ValueError):
+    """A problem with the evaluation's inputs that the user can fix (the message names the option)."""
 
 
 @dataclass
 class EvalConfig:
-    checkpoint: str
+    checkpoint: str  # the first (or only) checkpoint; `evaluate_many` takes the full list
     data: str
     split: str = "heldout"
     subjects: int = 10
     max_points: int = 2048
     temperature: float = 0.5
-    render_size: int = 128
+    render_size: int = 128  # novel-view PSNR / SSIM resolution
     seed: int = 0
+    reenact_size: int = 512  # AKD is in pixels at this size
+    frames: int = len(DRIVING_FRAMES)  # driving frames per subject (the first `frames` of DRIVING_FRAMES)
+    sheet_tile: int = 128
+    names: list[str] = field(default_factory=list)  # column names, one per checkpoint (default: file stems)
+
+    def validate(self) -> None:
+        for name in ("subjects", "max_points", "render_size", "reenact_size", "sheet_tile"):
+            if getattr(self, name) <= 0:
+                raise EvalError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.frames <= len(DRIVING_FRAMES):
+            raise EvalError(f"--frames must be in 0..{len(DRIVING_FRAMES)}, got {self.frames}")
+        if self.render_size < metrics.SSIM_WINDOW:
+            raise EvalError(f"--render-size must be at least {metrics.SSIM_WINDOW} px for SSIM")
+        if self.temperature < 0:
+            raise EvalError(f"--temperature must be >= 0, got {self.temperature}")
 
 
-def _render(means, quats, log_scales, opacity_logits, sh_dc, viewmat, K, size, full) -> torch.Tensor:
-    K = torch.as_tensor(K, dtype=torch.float32).clone()
-    K[:2] *= size / full
-    out = rasterize(means, quats, log_scales.exp(), torch.sigmoid(opacity_logits), viewmat=torch.as_tensor(viewmat, dtype=torch.float32),
-                    K=K, width=size, height=size, colors=(0.5 + SH_C0 * sh_dc).clamp_min(0), background=torch.ones(3))
-    return out.rgb.clamp(0, 1)
+@dataclass
+class EvalResult:
+    summary: dict  # JSON-serialisable: config, subjects, reference numbers, one summary per checkpoint
+    sheet: np.ndarray  # (H, W, 3) uint8 contact sheet
 
 
+# ------------------------------------------------------------------------------------------ helpers
 def _target(record, v: int, size: int) -> torch.Tensor:
+    """View v of the record over white (as we render), resampled to size² with antialiasing."""
     img = torch.as_tensor(record.images[v]).float().permute(2, 0, 1)[None] / 255
     mask = torch.as_tensor(record.masks[v]).float()[None, None] / 255
-    img = img * mask + (1 - mask)  # white background, as rendered
+    img = img * mask + (1 - mask)
     return F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0].permute(1, 2, 0)
+
+
+def _render(g, record, v: int, size: int) -> torch.Tensor:
+    """Canonical Gaussians (tensors with a batch axis, or a GaussianArrays) through view v's camera."""
+    t = lambda x: x[0] if isinstance(x, torch.Tensor) else torch.as_tensor(np.array(x, dtype=np.float32))  # noqa: E731
+    return render_white(t(g.means), t(g.quats), t(g.log_scales), t(g.opacity_logits), t(g.sh_dc), record.viewmats[v],
+                        scaled_K(record.Ks[v], record.images.shape[1], size), size)
 
 
 def _template_points(head: HeadModel, shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,57 +123,6 @@ def _template_points(head: HeadModel, shape: np.ndarray) -> tuple[np.ndarray, np
     return verts[used], owner[used]
 
 
-def evaluate(config: EvalConfig, head: HeadModel | None = None, log=print) -> dict:
-    from .dataset import SubjectDataset
-
-    head = head or HeadModel.load()
-    model, info = load_generator(config.checkpoint)
-    data = SubjectDataset(config.data, config.split)
-    sampler = SurfaceSampler(head.data, model.config.points.num_points, seed=0)
-    order = np.random.default_rng(config.seed).permutation(len(data))
-    by_style: dict[str, list[int]] = defaultdict(list)
-    rows = []
-    for i in order:  # balanced across styles
-        r = data[int(i)]
-        if len(by_style[r.style]) * 5 >= config.subjects:
-            continue
-        by_style[r.style].append(int(i))
-        with torch.no_grad():
-            images, points = conditioning_inputs(model, head, sampler, [r])
-            cond = model.condition(images, points)
-            ar_loss = float(_full_ar_loss(model, r, cond))
-            ar_loss_blind = float(_full_ar_loss(model, r, model.condition(images, points, image_scale=0.0)))
-            gen = generate(model.ar, model.tokenizer, cond, SamplingOptions(temperature=config.temperature, max_points=config.max_points, seed=config.seed))
-            decoded = model.decoder(torch.as_tensor(gen.points)[None], gen.hidden[None])
-            truth = cKDTree(r.ar_points)
-            d_gt, nearest = truth.query(gen.points)
-            d_gen, _ = cKDTree(gen.points).query(r.ar_points)
-            chamfer_cm = 100 * 0.5 * (d_gt.mean() + d_gen.mean())
-            binding_acc = float((r.ar_binding[nearest] == gen.binding).mean())
-            # template-positions ablation
-            tpts, tbind = _template_points(head, r.shape)
-            enc = model.tokenizer.encode(tpts, tbind)
-            hidden = teacher_forced_hidden(model, enc.tokens, cond)
-            ablation = model.decoder(torch.as_tensor(enc.points)[None], hidden[None])
-            full = r.images.shape[1]
-            p_gen, p_tpl = [], []
-            for v in range(1, r.num_views):
-                target = _target(r, v, config.render_size)
-                for out, acc in ((decoded, p_gen), (ablation, p_tpl)):
-                    img = _render(out.means[0], out.quats[0], out.log_scales[0], out.opacity_logits[0], out.sh_dc[0],
-                                  r.viewmats[v], r.Ks[v], config.render_size, full)
-                    acc.append(float(psnr(img, target)))
-        row = {"subject": r.subject_id, "style": r.style, "true_points": r.num_ar_points, "points": len(gen.binding),
-               "ended_by_model": gen.ended, "chamfer_cm": round(chamfer_cm, 3), "binding_accuracy": round(binding_acc, 3),
-               "ar_loss": round(ar_loss, 4), "ar_loss_no_image": round(ar_loss_blind, 4),
-               "psnr": round(float(np.mean(p_gen)), 2), "psnr_template_positions": round(float(np.mean(p_tpl)), 2)}
-        rows.append(row)
-        log(json.dumps(row))
-        if len(rows) >= config.subjects:
-            break
-    return summarize(rows, config, info)
-
-
 def _full_ar_loss(model, record, cond) -> torch.Tensor:
     """Teacher-forced cross-entropy over the whole sequence."""
     seq = model.tokenizer.encode(record.ar_points, record.ar_binding).tokens
@@ -135,25 +132,303 @@ def _full_ar_loss(model, record, cond) -> torch.Tensor:
     return torch.stack(losses).sum() / len(targets)
 
 
-def summarize(rows: list[dict], config: EvalConfig, info: dict) -> dict:
+def select_subjects(index, split: str, n: int, seed: int) -> list[int]:
+    """``n`` subject ids of ``split``, balanced across hair styles: a seeded shuffle within each style, then
+    round-robin over the styles (sorted by name), so any prefix is as balanced as it can be."""
+    ids = index.subject_ids(split)
+    if not ids:
+        raise EvalError(f"the dataset at {index.root} has no {split!r} subjects")
+    by_style: dict[str, list[int]] = defaultdict(list)
+    for sid in ids:
+        by_style[index.subjects[sid]["style"]].append(sid)
+    rng = np.random.default_rng(seed)
+    queues = {s: list(rng.permutation(by_style[s])) for s in sorted(by_style)}
+    chosen: list[int] = []
+    while len(chosen) < min(n, len(ids)):
+        for s in sorted(queues):
+            if queues[s] and len(chosen) < n:
+                chosen.append(int(queues[s].pop(0)))
+    return chosen
+
+
+def checkpoint_names(paths: list[str], names: list[str] | None = None) -> list[str]:
+    """Column names: the given ones, else file stems (with the parent folder when stems repeat)."""
+    if names:
+        if len(names) != len(paths):
+            raise EvalError(f"{len(names)} names for {len(paths)} checkpoints")
+        return list(names)
+    stems = [Path(p).stem for p in paths]
+    return [f"{Path(p).parent.name}/{s}" if stems.count(s) > 1 else s for p, s in zip(paths, stems)]
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def evaluate(config: EvalConfig, head: HeadModel | None = None, log=print) -> dict:
+    """One checkpoint (``config.checkpoint``): its summary (see ``summarize``)."""
+    return evaluate_many([config.checkpoint], config, head=head, log=log).summary["checkpoints"][0]
+
+
+def evaluate_many(checkpoints: list[str], config: EvalConfig, head: HeadModel | None = None,
+                  log: Callable[[str], None] = print) -> EvalResult:
+    """Every checkpoint on the same held-out subjects; see the module docstring for the metrics."""
+    from .dataset import DatasetIndex, ShardReader
+
+    config.validate()
+    if not checkpoints:
+        raise EvalError("give at least one --checkpoint")
+    names = checkpoint_names(checkpoints, config.names)
+    head = head or HeadModel.load()
+    models = [load_generator(path) for path in checkpoints]  # a bad file fails before any work
+    for path, (model, _) in zip(checkpoints, models):
+        if model.config.tokenizer.num_faces != head.num_faces:
+            raise EvalError(f"{path}: trained for a head with {model.config.tokenizer.num_faces} triangles; "
+                            f"head model {head.model_id!r} has {head.num_faces}")
+    index = DatasetIndex.load(config.data)
+    if config.split not in ("train", "heldout"):
+        raise EvalError(f"unknown split {config.split!r}; choose heldout or train")
+    ids = select_subjects(index, config.split, config.subjects, config.seed)
+    frames = [c for _, c in DRIVING_FRAMES[: config.frames]]
+    sheet_frame = min(1, len(frames) - 1)  # "smile, turn left" when there are two frames or more
+    samplers = {m.config.points.num_points: SurfaceSampler(head.data, m.config.points.num_points, seed=0) for m, _ in models}
+
+    rows: list[list[dict]] = [[] for _ in checkpoints]
+    reference: list[dict] = []
+    sheet_rows: list[dict] = []
+    started = time.perf_counter()
+    for n, sid in enumerate(ids):
+        record = ShardReader(index.root / index.shard_for(sid)["file"], index.shard_for(sid)).get(sid)
+        t0 = time.perf_counter()
+        truth, ref = _truth(record, head, config, frames)
+        reference.append(ref)
+        sheet_row = {"label": f"{sid} {record.style}", "input": record.images[0],
+                     "truth": {"front": truth["front"], "novel": truth["novel"][0],
+                               "posed": truth["posed"][sheet_frame] if frames else truth["front"]},
+                     "generated": []}
+        for k, (model, _) in enumerate(models):
+            row, images = _evaluate_subject(model, samplers[model.config.points.num_points], head, record, config,
+                                            frames, truth)
+            rows[k].append(row)
+            sheet_row["generated"].append({"front": images["front"], "novel": images["novel"][0],
+                                           "posed": images["posed"][sheet_frame] if frames else images["front"]})
+            log(f"[{n + 1}/{len(ids)}] {names[k]}: " + " ".join(f"{key}={row[key]}" for key in _LOG_KEYS))
+        sheet_rows.append(sheet_row)
+        log(f"[{n + 1}/{len(ids)}] subject {sid} ({record.style}) done in {time.perf_counter() - t0:.1f} s")
+
+    summaries = []
+    for k, path in enumerate(checkpoints):
+        s = summarize(rows[k], config, models[k][1], checkpoint=path)
+        s["name"] = names[k]
+        summaries.append(s)
+    summary = {"split": config.split, "data": str(config.data), "subject_ids": ids, "config": asdict(config),
+               "driving_frames": [name for name, _ in DRIVING_FRAMES[: config.frames]],
+               "reference": _reference_summary(reference), "seconds": round(time.perf_counter() - started, 1),
+               "checkpoints": summaries}
+    return EvalResult(summary, contact_sheet(sheet_rows, names, config.sheet_tile))
+
+
+_LOG_KEYS = ("points", "true_points", "chamfer_cm", "binding_accuracy", "psnr", "ssim", "akd_px", "ar_loss")
+
+
+def _truth(record, head: HeadModel, config: EvalConfig, frames: list) -> tuple[dict, dict]:
+    """Checkpoint-independent renders and landmarks of the ground-truth avatar, and reference numbers:
+    how well the ground truth reproduces the dataset's own views (the metric's ceiling), and how far the
+    driving frames move its landmarks from the neutral face (the scale an AKD should be read against)."""
+    g = GaussianArrays.from_record(record)
+    size = config.reenact_size
+    K = scaled_K(record.Ks[0], record.images.shape[1], size)
+    with torch.no_grad():
+        novel = [_render(g, record, v, config.render_size) for v in range(1, record.num_views)]
+        front = to_uint8(_render(g, record, 0, size))
+        posed = posed_renders(make_avatar(g, head, record.shape), head, frames, record.viewmats[0], K, size) if frames else []
+    targets = [_target(record, v, config.render_size) for v in range(1, record.num_views)]
+    neutral = detect(front)
+    landmarks = [detect(img) for img in posed]
+    motion = reenactment_akd(landmarks, [neutral] * len(landmarks)) if frames else {"akd_px": None}
+    ref = {"subject": record.subject_id,
+           "psnr": _mean([metrics.psnr(a, b) for a, b in zip(novel, targets)]),
+           "ssim": _mean([metrics.ssim(a, b) for a, b in zip(novel, targets)]),
+           "driving_akd_px": motion["akd_px"],
+           "truth_detection_failures": sum(lm is None for lm in landmarks) + (neutral is None)}
+    return {"front": front, "novel": [to_uint8(x) for x in novel], "posed": posed, "landmarks": landmarks,
+            "targets": targets}, ref
+
+
+def _evaluate_subject(model, sampler, head: HeadModel, record, config: EvalConfig, frames: list,
+                      truth: dict) -> tuple[dict, dict]:
+    with torch.no_grad():
+        images, points = conditioning_inputs(model, head, sampler, [record])
+        cond = model.condition(images, points)
+        ar_loss = float(_full_ar_loss(model, record, cond))
+        ar_loss_blind = float(_full_ar_loss(model, record, model.condition(images, points, image_scale=0.0)))
+        gen = generate(model.ar, model.tokenizer, cond, SamplingOptions(
+            temperature=config.temperature, max_points=config.max_points, seed=config.seed + record.subject_id))
+        decoded = model.decoder(torch.as_tensor(gen.points)[None], gen.hidden[None])
+        chamfer_cm, binding_acc = metrics.chamfer_and_binding(gen.points, gen.binding, record.ar_points, record.ar_binding)
+        # template-positions ablation
+        tpts, tbind = _template_points(head, record.shape)
+        enc = model.tokenizer.encode(tpts, tbind)
+        ablation = model.decoder(torch.as_tensor(enc.points)[None], teacher_forced_hidden(model, enc.tokens, cond)[None])
+        scores: dict[str, list[float]] = defaultdict(list)
+        novel = []
+        for v, target in zip(range(1, record.num_views), truth["targets"]):
+            for out, key in ((decoded, ""), (ablation, "_template_positions")):
+                img = _render(out, record, v, config.render_size)
+                scores["psnr" + key].append(metrics.psnr(img, target))
+                scores["ssim" + key].append(metrics.ssim(img, target))
+                if not key:
+                    novel.append(to_uint8(img))
+        g = GaussianArrays.from_decoder(decoded, gen.binding, model.config.decoder.gaussians_per_point)
+        size = config.reenact_size
+        K = scaled_K(record.Ks[0], record.images.shape[1], size)
+        front = to_uint8(_render(g, record, 0, size))
+        posed = posed_renders(make_avatar(g, head, record.shape), head, frames, record.viewmats[0], K, size) if frames else []
+    akd = reenactment_akd(truth["landmarks"], [detect(img) for img in posed])
+    row = {"subject": record.subject_id, "style": record.style, "true_points": record.num_ar_points,
+           "points": len(gen.binding), "ended_by_model": gen.ended, "chamfer_cm": round(chamfer_cm, 3),
+           "binding_accuracy": round(binding_acc, 3), "ar_loss": round(ar_loss, 4), "ar_loss_no_image": round(ar_loss_blind, 4),
+           **{key: round(_mean(v), 4 if key.startswith("ssim") else 2) for key, v in scores.items()},
+           "akd_px": akd["akd_px"], "akd_frames": akd["akd_frames"], "frames": akd["frames"],
+           "detection_failures": akd["detection_failures"]}
+    return row, {"front": front, "novel": novel, "posed": posed}
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _reference_summary(ref: list[dict]) -> dict:
+    akd = [r["driving_akd_px"] for r in ref if r["driving_akd_px"] is not None]
+    return {"truth_psnr": round(_mean([r["psnr"] for r in ref]), 2), "truth_ssim": round(_mean([r["ssim"] for r in ref]), 4),
+            "driving_akd_px": round(float(np.mean(akd)), 2) if akd else None,
+            "truth_detection_failures": int(sum(r["truth_detection_failures"] for r in ref))}
+
+
+def summarize(rows: list[dict], config: EvalConfig, info: dict, checkpoint: str | None = None) -> dict:
+    """Means over subjects; AKD over all frames where both sides were detected; counts per style."""
     styles = sorted({r["style"] for r in rows})
-    mean = lambda key, rs=rows: round(float(np.mean([r[key] for r in rs])), 4)  # noqa: E731
+    mean = lambda key, rs=rows: round(_mean([r[key] for r in rs]), 4)  # noqa: E731
+    frames = sum(r["frames"] for r in rows)
+    akd_frames = sum(r["akd_frames"] for r in rows)
+    akd = sum(r["akd_px"] * r["akd_frames"] for r in rows if r["akd_px"] is not None)
+    counts = metrics.count_statistics([r["points"] for r in rows], [r["true_points"] for r in rows])
+    by_style = {}
+    for s in styles:
+        rs = [r for r in rows if r["style"] == s]
+        st = metrics.count_statistics([r["points"] for r in rs], [r["true_points"] for r in rs])
+        by_style[s] = {"generated": st["generated_mean"], "generated_std": st["generated_std"],
+                       "true": st["true_mean"], "true_std": st["true_std"], "subjects": st["n"]}
     return {
-        "checkpoint": config.checkpoint, "split": config.split, "subjects": len(rows), "temperature": config.temperature,
-        "ar_loss": mean("ar_loss"), "ar_loss_no_image": mean("ar_loss_no_image"),
+        "checkpoint": checkpoint or config.checkpoint, "name": info.get("name"), "split": config.split,
+        "subjects": len(rows), "temperature": config.temperature,
+        "psnr": mean("psnr"), "ssim": mean("ssim"),
+        "psnr_template_positions": mean("psnr_template_positions"), "ssim_template_positions": mean("ssim_template_positions"),
+        "akd_px": round(akd / akd_frames, 3) if akd_frames else None,
+        "akd_frames": akd_frames, "detection_failure_rate": round(sum(r["detection_failures"] for r in rows) / frames, 3) if frames else None,
         "chamfer_cm": mean("chamfer_cm"), "binding_accuracy": mean("binding_accuracy"),
-        "psnr": mean("psnr"), "psnr_template_positions": mean("psnr_template_positions"),
-        "points_by_style": {s: {"generated": mean("points", [r for r in rows if r["style"] == s]),
-                                "true": mean("true_points", [r for r in rows if r["style"] == s])} for s in styles},
+        "ar_loss": mean("ar_loss"), "ar_loss_no_image": mean("ar_loss_no_image"),
+        "points": counts, "points_by_style": by_style,
         "rows": rows,
     }
 
 
+# ------------------------------------------------------------------------------------------ tables
+#: (summary key, label, format) of the side-by-side table, in order.
+TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("psnr", "novel-view PSNR (dB) ↑", "{:.2f}"),
+    ("ssim", "novel-view SSIM ↑", "{:.4f}"),
+    ("psnr_template_positions", "novel-view PSNR, template positions ablation (dB)", "{:.2f}"),
+    ("ssim_template_positions", "novel-view SSIM, template positions ablation", "{:.4f}"),
+    ("akd_px", "reenactment AKD (px at 512²) ↓", "{:.2f}"),
+    ("detection_failure_rate", "landmark detection failures on generated renders ↓", "{:.1%}"),
+    ("chamfer_cm", "Chamfer distance, generated vs true points (cm) ↓", "{:.3f}"),
+    ("binding_accuracy", "binding accuracy ↑", "{:.3f}"),
+    ("ar_loss", "held-out AR loss (nats/token) ↓", "{:.4f}"),
+    ("ar_loss_no_image", "AR loss with the image zeroed (should be higher)", "{:.4f}"),
+)
+
+
+def _fmt(value, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return fmt.format(value)
+
+
 def markdown(summary: dict) -> str:
-    lines = ["| metric | value |", "|---|---:|"]
-    for key in ("subjects", "ar_loss", "ar_loss_no_image", "chamfer_cm", "binding_accuracy", "psnr", "psnr_template_positions"):
-        lines.append(f"| {key} | {summary[key]} |")
-    lines += ["", "| style | generated points | true points |", "|---|---:|---:|"]
-    for style, v in summary["points_by_style"].items():
-        lines.append(f"| {style} | {v['generated']:.0f} | {v['true']:.0f} |")
+    """Side-by-side table of one or several checkpoints: ``summary`` is ``evaluate_many``'s, or a single
+    checkpoint's summary from ``evaluate``."""
+    if "checkpoints" not in summary:
+        summary = {"checkpoints": [summary], "reference": None}
+    ckpts = summary["checkpoints"]
+    names = [c.get("name") or Path(c["checkpoint"]).stem for c in ckpts]
+    if config := summary.get("config"):
+        akd_label = f"reenactment AKD (px at {config['reenact_size']}²) ↓"
+    else:
+        akd_label = None
+    head = "| metric | " + " | ".join(names) + " |"
+    lines = [head, "|---|" + "---:|" * len(names)]
+    lines.append("| held-out subjects | " + " | ".join(str(c["subjects"]) for c in ckpts) + " |")
+    for key, label, fmt in TABLE_ROWS:
+        if key == "akd_px" and akd_label:
+            label = akd_label
+        lines.append(f"| {label} | " + " | ".join(_fmt(c.get(key), fmt) for c in ckpts) + " |")
+    lines.append("| generated points, mean ± std | " + " | ".join(
+        f"{c['points']['generated_mean']:.0f} ± {c['points']['generated_std']:.0f}" for c in ckpts) + " |")
+    lines.append("| correlation of generated with true count (Pearson r) ↑ | " + " | ".join(
+        _fmt(c["points"]["pearson"], "{:.3f}") for c in ckpts) + " |")
+    styles = sorted({s for c in ckpts for s in c["points_by_style"]})
+    lines += ["", "| hair style | true points | " + " | ".join(f"{n} generated" for n in names) + " |",
+              "|---|---:|" + "---:|" * len(names)]
+    for s in styles:
+        true = next(c["points_by_style"][s] for c in ckpts if s in c["points_by_style"])
+        cells = [f"{c['points_by_style'][s]['generated']:.0f} ± {c['points_by_style'][s]['generated_std']:.0f}"
+                 if s in c["points_by_style"] else "n/a" for c in ckpts]
+        lines.append(f"| {s} | {true['true']:.0f} ± {true['true_std']:.0f} | " + " | ".join(cells) + " |")
+    ref = summary.get("reference")
+    if ref:
+        lines += ["", f"Reference: the ground-truth avatars re-rendered against the dataset's novel views score PSNR "
+                      f"{_fmt(ref['truth_psnr'], '{:.2f}')} dB / SSIM {_fmt(ref['truth_ssim'], '{:.4f}')} (the metric's "
+                      f"ceiling here); the driving frames move the ground truth's landmarks by "
+                      f"{_fmt(ref['driving_akd_px'], '{:.2f}')} px from its neutral face (an avatar that did not move "
+                      f"would score about that AKD); landmark detection failed on {ref['truth_detection_failures']} "
+                      f"ground-truth renders."]
     return "\n".join(lines)
+
+
+def json_safe(value):
+    """NaN / inf (e.g. PSNR of identical images, a metric with no valid frame) become null: strict JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def write_outputs(result: EvalResult, prefix: str | os.PathLike) -> list[Path]:
+    """``PREFIX.json``, ``PREFIX.md`` and ``PREFIX.png``, each written atomically (a ``.json`` suffix on
+    the prefix is dropped, so ``-o out.json`` also works)."""
+    import json
+    from io import BytesIO
+
+    from PIL import Image
+
+    from ..atomic import atomic_write
+
+    prefix = Path(prefix)
+    if prefix.suffix.lower() in (".json", ".md", ".png"):
+        prefix = prefix.with_suffix("")
+    if prefix.parent and not prefix.parent.exists():
+        raise EvalError(f"output folder {prefix.parent} does not exist")
+    table = markdown(result.summary) + "\n"
+    png = BytesIO()
+    Image.fromarray(result.sheet).save(png, format="PNG", optimize=True)
+    paths = [Path(f"{prefix}.json"), Path(f"{prefix}.md"), Path(f"{prefix}.png")]
+    blobs = [(json.dumps(json_safe(result.summary), indent=1, allow_nan=False) + "\n").encode(), table.encode(), png.getvalue()]
+    for path, blob in zip(paths, blobs):
+        atomic_write(path, lambda f, b=blob: f.write(b))
+    return paths
