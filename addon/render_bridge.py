@@ -20,6 +20,7 @@ from pointillist.render.camera import (
     blender_intrinsics,
     blender_matrix_world_to_viewmat,
 )
+from pointillist.render.colour import srgb_to_linear
 from pointillist.server.render_payload import (
     FrameObject,
     ObjectAttributes,
@@ -33,48 +34,11 @@ REQUIRED_ATTRIBUTES = ("f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scal
                        "rot_0", "rot_1", "rot_2", "rot_3")
 #: f_rest attribute count -> SH coefficients per channel beyond the DC band.
 _REST_COUNTS = {0: 0, 9: 3, 24: 8, 45: 15}
-#: What Blender's Z pass holds where nothing was hit (Cycles and EEVEE write the same "far away").
+#: What Blender's Z pass holds where nothing was hit (Cycles and EEVEE write the same "far away"); the
+#: backend's film layout writes the same (`pointillist.render.film.FAR_DEPTH`).
 BACKGROUND_DEPTH = 1.0e10
 #: Blender's `HEAD_TO_BLENDER_QUAT` conjugate: Blender object space -> head space.
 _BLENDER_TO_HEAD_QUAT = rig_build.HEAD_TO_BLENDER_QUAT * np.array([1.0, -1.0, -1.0, -1.0])
-
-
-# ------------------------------------------------------------------------------------------- colour
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    """sRGB-encoded values -> linear (IEC 61966-2-1, piecewise; what Blender's 'Standard' view inverts).
-
-    float32 and in place on one temporary: this runs on every pixel of every frame.
-    """
-    c = np.atleast_1d(np.asarray(c, dtype=np.float32))
-    out = np.maximum(c, np.float32(0.04045))
-    out += 0.055
-    out /= 1.055
-    np.power(out, 2.4, out=out)
-    low = c <= 0.04045
-    out[low] = c[low] / 12.92
-    return out
-
-
-_LUT_SIZE = 65536
-_SRGB_LUT: np.ndarray | None = None
-
-
-def srgb_to_linear_lut(c: np.ndarray) -> np.ndarray:
-    """`srgb_to_linear` of values clipped to [0, 1] by a 65,536-entry table: within 2e-5 of the exact curve
-    (far below an 8-bit step) at about half the cost of `np.power` on every pixel of every frame."""
-    global _SRGB_LUT
-    if _SRGB_LUT is None:
-        _SRGB_LUT = srgb_to_linear(np.linspace(0.0, 1.0, _LUT_SIZE, dtype=np.float32))
-    idx = np.multiply(c, np.float32(_LUT_SIZE - 1), dtype=np.float32)
-    np.nan_to_num(idx, copy=False, nan=0.0)  # a NaN pixel must not become an out-of-range index
-    np.clip(idx, 0.0, _LUT_SIZE - 1, out=idx)
-    idx += 0.5
-    return _SRGB_LUT[idx.astype(np.int32)]
-
-
-def linear_to_srgb(c: np.ndarray) -> np.ndarray:
-    c = np.asarray(c, dtype=np.float32)
-    return np.where(c <= 0.0031308, c * 12.92, 1.055 * np.maximum(c, 0.0031308) ** (1 / 2.4) - 0.055).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------- camera
@@ -332,39 +296,32 @@ def object_id(attrs: ObjectAttributes) -> str:
 
 def render_request(view: View, objects: list[FrameObject], background: np.ndarray | None,
                    want_depth: bool) -> RenderRequest:
-    """The frame request; `background` is display-sRGB RGB, or None for a transparent film."""
+    """The frame request, answered in film layout (Blender's Combined and Z passes as they are);
+    `background` is display-sRGB RGB, or None for a transparent film."""
     bg = np.zeros(3, np.float32) if background is None else np.asarray(background, np.float32)
     return RenderRequest(width=view.width, height=view.height, near=view.near, far=view.far, background=bg,
                          viewmat=view.viewmat.astype(np.float32), K=view.K.astype(np.float32),
-                         objects=objects, want_depth=want_depth, raw=True, ortho=view.ortho)
+                         objects=objects, want_depth=want_depth, raw=True, ortho=view.ortho,
+                         film=True, transparent=background is None)
 
 
 # ------------------------------------------------------------------------------------------- images
-def combined_pass(rgba: np.ndarray, transparent: bool) -> np.ndarray:
-    """Backend RGBA (H, W, 4; display sRGB, composited over the sent background, top row first) ->
-    Blender's Combined pass: scene-linear, premultiplied, bottom row first, (H*W, 4) float32.
-
-    Over a transparent film the backend's RGB is premultiplied sRGB: un-premultiply, linearise,
-    premultiply again, so Blender's 'Standard' view shows exactly the backend's pixels.
-    """
-    h, w = rgba.shape[:2]
-    out = np.empty((h, w, 4), np.float32)
-    src = rgba[::-1]
-    if transparent:
-        alpha = np.clip(src[..., 3:4], 0.0, 1.0)
-        straight = np.divide(src[..., :3], alpha, out=np.zeros_like(src[..., :3]), where=alpha > 1e-6)
-        out[..., :3] = srgb_to_linear_lut(straight) * alpha
-        out[..., 3:] = alpha
-    else:
-        out[..., :3] = srgb_to_linear_lut(src[..., :3])
-        out[..., 3] = 1.0
-    return out.reshape(h * w, 4)
+def film_pixels(rgba: np.ndarray) -> np.ndarray:
+    """A film-layout RGBA image (H, W, 4), bottom row first, as the (H*W, 4) float32 rows a pass's `rect`
+    takes: a view when the bytes already are float32 (the backend's answer), never a conversion."""
+    return np.asarray(rgba, np.float32).reshape(-1, 4)
 
 
-def depth_pass(depth: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Backend depth (H, W; camera z, top row first) -> Blender's Z pass (H*W, 1), far where empty."""
-    d = np.where(alpha[::-1] > 0, depth[::-1], BACKGROUND_DEPTH).astype(np.float32)
-    return d.reshape(-1, 1)
+def empty_film(width: int, height: int, background: np.ndarray | None, want_depth: bool
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The passes of a frame with no splats in it: the film alone (transparent, or the world colour given as
+    display sRGB), and "far away" depth; no backend needed."""
+    rgba = np.zeros((height, width, 4), np.float32)
+    if background is not None:
+        rgba[..., :3] = srgb_to_linear(np.clip(background, 0.0, 1.0)).astype(np.float32)
+        rgba[..., 3] = 1.0
+    depth = np.full((height, width), BACKGROUND_DEPTH, np.float32) if want_depth else None
+    return rgba, depth
 
 
 def reduced_size(width: int, height: int, navigating: bool, factor: int = 3) -> tuple[int, int]:

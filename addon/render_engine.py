@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import bpy
 import numpy as np
 from bpy.app.handlers import persistent
+from pointillist.render.colour import linear_to_srgb
 
 from . import render_bridge as rb
 
@@ -200,7 +201,7 @@ def world_background(scene) -> np.ndarray:
                 colour = np.array(node.inputs["Color"].default_value[:3], np.float32)
             if not node.inputs["Strength"].is_linked:
                 colour = colour * float(node.inputs["Strength"].default_value)
-    return rb.linear_to_srgb(np.clip(colour, 0.0, 1.0))
+    return linear_to_srgb(np.clip(colour, 0.0, 1.0)).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------- transport
@@ -223,7 +224,9 @@ def backend_client():
 
 def render_frame(client, splats: list[PosedSplats], view: rb.View, background: np.ndarray | None,
                  want_depth: bool, timings: dict | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(RGBA (H, W, 4), depth or None) from the backend; registers objects it lacks (once, or after a 404)."""
+    """The film from the backend: RGBA (H, W, 4) scene-linear premultiplied and depth (H, W) or None, bottom
+    row first (`rb.render_request` asks for Blender's layout), as views of the answer; registers objects it
+    lacks (once, or after a 404)."""
     from pointillist.server.render_payload import (
         FrameObject,
         decode_raw_image,
@@ -253,7 +256,7 @@ def render_frame(client, splats: list[PosedSplats], view: rb.View, background: n
         register(True)
         answer = client.render(body)
     t2 = time.perf_counter()
-    rgba, depth = decode_raw_image(answer)
+    rgba, depth = decode_raw_image(answer, film=True)
     if timings is not None:
         timings["encode"] = timings.get("encode", 0.0) + (t1 - t0)
         timings["backend_roundtrip"] = timings.get("backend_roundtrip", 0.0) + (t2 - t1)
@@ -316,16 +319,13 @@ class PointillistRenderEngine(bpy.types.RenderEngine):
             self.update_stats("", f"Gaussian Splats: rendering {sum(len(s.means) for s in splats)} splats")
             rgba, depth = render_frame(backend_client(), splats, view, background, want_depth, timings)
         else:  # nothing to draw: the film alone, no backend needed
-            rgba = np.zeros((view.height, view.width, 4), np.float32)
-            if background is not None:
-                rgba[..., :3] = background
-            depth = np.zeros((view.height, view.width), np.float32) if want_depth else None
+            rgba, depth = rb.empty_film(view.width, view.height, background, want_depth)
         if self.test_break():
             return
         self.update_progress(0.8)
-        t1 = time.perf_counter()
-        combined = rb.combined_pass(rgba, transparent)
-        z = rb.depth_pass(depth, rgba[..., 3]) if depth is not None else None
+        t1 = time.perf_counter()  # the backend answered in the passes' own layout: reshaped views, no copies
+        combined = rb.film_pixels(rgba)
+        z = depth.reshape(-1, 1) if depth is not None else None
         timings["convert"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         result = self.begin_result(0, 0, view.width, view.height)

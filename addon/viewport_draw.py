@@ -89,7 +89,7 @@ class ViewportState:
         def work():
             try:
                 rgba, _ = render_frame(client, splats, view, background, False)
-                out = (key, rb.combined_pass(rgba, transparent), view.width, view.height)
+                out = (key, rb.film_pixels(rgba), view.width, view.height)
             except Exception as exc:  # noqa: BLE001 - shown in the header; the next view change retries
                 out = (key, str(exc), 0, 0)
             with self._lock:

@@ -1,4 +1,4 @@
-"""The render bridge's maths without Blender: colour, passes, cameras, rotation skinning, registered attributes.
+"""The render bridge's maths without Blender: film requests, cameras, rotation skinning, registered attributes.
 
 Oracles: the backend's torch LBS (`orthonormalize`, `matrix_to_quaternion`), scipy rotations, the PLY reader's
 SH layout, and projecting the same points through OpenGL matrices and through the backend camera.
@@ -14,39 +14,27 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from pointillist.render.colour import srgb_to_linear
+from pointillist.render.film import FAR_DEPTH
+
 from addon import render_bridge as rb
 from addon import rig_build
 
 
-def test_srgb_round_trip_and_known_values():
-    c = np.linspace(0, 1, 1001, dtype=np.float32)
-    np.testing.assert_allclose(rb.linear_to_srgb(rb.srgb_to_linear(c)), c, atol=2e-6)
-    assert rb.srgb_to_linear(np.float32(0.5)) == pytest.approx(0.21404, abs=1e-5)
-    dense = np.linspace(-0.1, 1.1, 200_001, dtype=np.float32)
-    exact = rb.srgb_to_linear(np.clip(dense, 0.0, 1.0))
-    assert np.abs(rb.srgb_to_linear_lut(dense) - exact).max() < 2e-5  # the per-frame table
-    assert rb.srgb_to_linear_lut(np.float32([np.nan, np.inf, -np.inf])).tolist() == [0.0, 1.0, 0.0]
-
-
-def test_combined_pass_is_linear_premultiplied_and_bottom_up():
-    rgba = np.zeros((2, 3, 4), np.float32)
-    rgba[0, 0] = (0.25, 0.1, 0.0, 0.5)  # top-left: premultiplied sRGB over black
-    rgba[1, 2] = (0.8, 0.8, 0.8, 1.0)
-    out = rb.combined_pass(rgba, transparent=True).reshape(2, 3, 4)
-    np.testing.assert_allclose(out[1, 0, :3], rb.srgb_to_linear(np.float32([0.5, 0.2, 0.0])) * 0.5, atol=3e-5)
-    assert out[1, 0, 3] == 0.5 and out[0, 2, 3] == 1.0
-    assert not out[1, 1].any()  # empty pixel: nothing, no NaN from 0/0
-    # what the 'Standard' view writes (un-premultiply, encode) is the backend's straight colour
-    straight = rb.linear_to_srgb(out[1, 0, :3] / out[1, 0, 3])
-    np.testing.assert_allclose(straight, [0.5, 0.2, 0.0], atol=1e-5)
-    opaque = rb.combined_pass(rgba, transparent=False).reshape(2, 3, 4)
-    assert (opaque[..., 3] == 1.0).all()
-
-
-def test_depth_pass_is_far_where_nothing_was_hit():
-    depth = np.array([[1.5, 0.0]], np.float32)
-    alpha = np.array([[0.9, 0.0]], np.float32)
-    np.testing.assert_array_equal(rb.depth_pass(depth, alpha)[:, 0], [1.5, rb.BACKGROUND_DEPTH])
+def test_requests_ask_for_blenders_film_and_an_empty_frame_is_the_film_alone():
+    view = rb.View(np.eye(4), np.array([[100.0, 0, 2], [0, 100.0, 1], [0, 0, 1]]), 4, 2, 0.1, 10.0)
+    transparent = rb.render_request(view, [], None, want_depth=True)
+    assert transparent.raw and transparent.film and transparent.transparent and not transparent.background.any()
+    opaque = rb.render_request(view, [], np.float32([0.5, 0.5, 0.5]), want_depth=False)
+    assert opaque.film and not opaque.transparent
+    rgba, depth = rb.empty_film(4, 2, np.float32([0.5, 0.2, 0.0]), want_depth=True)
+    np.testing.assert_allclose(rgba[..., :3], np.broadcast_to(srgb_to_linear([0.5, 0.2, 0.0]), (2, 4, 3)), atol=1e-7)
+    assert (rgba[..., 3] == 1).all() and (depth == rb.BACKGROUND_DEPTH).all()
+    clear, none = rb.empty_film(4, 2, None, want_depth=False)
+    assert not clear.any() and none is None
+    rows = rb.film_pixels(np.frombuffer(rgba.tobytes(), np.float32).reshape(2, 4, 4))
+    assert rows.shape == (8, 4) and rows.dtype == np.float32
+    assert rb.BACKGROUND_DEPTH == FAR_DEPTH  # the add-on's empty frames and the backend's film agree
 
 
 def test_render_region_border_follows_blender():

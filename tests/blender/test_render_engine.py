@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pointillist.render.colour import linear_to_srgb
 
 pytestmark = [pytest.mark.blender, pytest.mark.e2e]
 
@@ -184,9 +185,9 @@ def test_f12_matches_the_backend_and_a_keyed_jaw_moves_only_the_lower_face(blend
     # world colour behind the splats: corners are the world colour as the view shows it
     world = _read_png(tmp_path / "world.png")
     assert np.all(world[..., 3] == 1.0)
-    np.testing.assert_allclose(world[0, 0, :3], rb.linear_to_srgb(np.array([0.2, 0.05, 0.02])), atol=1.5 / 255)
+    np.testing.assert_allclose(world[0, 0, :3], linear_to_srgb(np.array([0.2, 0.05, 0.02])), atol=1.5 / 255)
     want_world = _direct_render(live_server, avatar, head, 0.0, got["camera"], 160,
-                                background=rb.linear_to_srgb(np.array([0.2, 0.05, 0.02])))
+                                background=linear_to_srgb(np.array([0.2, 0.05, 0.02])))
     np.testing.assert_array_less(np.abs(world[..., :3] - want_world[..., :3]), 2.01 / 255)
 
     # border (cropped): exactly the full frame's pixels inside it

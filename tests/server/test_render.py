@@ -16,6 +16,9 @@ from pointillist.avatar.ply import gaussians_to_ply_bytes
 from pointillist.render.camera import fov_to_K, orbit_viewmat
 from pointillist.render.rasterize import rasterize
 from pointillist.server.render_payload import (
+    FILM,
+    RAW,
+    TRANSPARENT,
     WANT_DEPTH,
     FrameObject,
     ObjectAttributes,
@@ -85,6 +88,31 @@ def test_render_matches_the_rasterizer_called_directly(app):
     np.testing.assert_allclose(depth, direct.depth.numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("background", [None, (0.2, 0.4, 0.6)])
+def test_film_layout_is_the_film_conversion_of_the_plain_render(app, background):
+    """What Blender writes to its passes as received: the plain answer run through `render.film`."""
+    from dataclasses import replace
+
+    from pointillist.render.film import film_passes
+
+    attrs, means, quats = scene(300, seed=7)
+    assert app.request("PUT", "/v1/objects/film", content=encode_object(attrs), headers=OCTET).status_code == 200
+    plain = frame([("film", means, quats)], background=background or (0, 0, 0))
+    r = app.request("POST", "/v1/render", content=encode_render(plain), headers=OCTET)
+    rgba, depth = decode_raw_image(r.content)
+    r = app.request("POST", "/v1/render", content=encode_render(replace(plain, film=True, transparent=background is None)),
+                    headers=OCTET)
+    assert r.status_code == 200
+    film_rgba, film_depth = decode_raw_image(r.content, film=True)
+    expected, expected_depth = np.empty_like(film_rgba), np.empty_like(film_depth)
+    film_passes(rgba[..., :3], rgba[..., 3], depth, background is None, expected, expected_depth)
+    np.testing.assert_array_equal(film_rgba, expected)
+    np.testing.assert_array_equal(film_depth, expected_depth)
+    assert film_rgba[..., 3].max() > 0.5 and (film_rgba[..., 3].min() == 1.0) == (background is not None)
+    with pytest.raises(PayloadError, match="film layout"):
+        decode_raw_image(r.content)  # a client that did not ask for it never misreads it
+
+
 def test_render_png_and_several_objects(app):
     a, ma, qa = scene(200, seed=1)
     b, mb, qb = scene(150, seed=2, sh_degree=1)
@@ -143,7 +171,11 @@ def _valid_render() -> bytes:
     (lambda b: b[:100], "shorter than its 144-byte header"),
     (lambda b: b"XXXX" + b[4:], "magic"),
     (lambda b: b[:4] + struct.pack("<H", 2) + b[6:], "version"),
-    (lambda b: b[:6] + struct.pack("<H", 8) + b[8:], "flag"),
+    (lambda b: b[:6] + struct.pack("<H", 32) + b[8:], "unknown flag"),
+    (lambda b: b[:6] + struct.pack("<H", FILM) + b[8:], "FILM layout is float32"),
+    (lambda b: b[:6] + struct.pack("<H", RAW | TRANSPARENT) + b[8:], "TRANSPARENT needs the FILM"),
+    (lambda b: b[:6] + struct.pack("<H", RAW | FILM | TRANSPARENT) + b[8:28] + struct.pack("<f", 0.5) + b[32:],
+     "zero"),
     (lambda b: b[:6] + struct.pack("<H", WANT_DEPTH) + b[8:], "RAW"),
     (lambda b: b[:8] + struct.pack("<I", 0) + b[12:], "size"),
     (lambda b: b[:8] + struct.pack("<I", 100_000) + b[12:], "size"),

@@ -22,17 +22,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..avatar.gaussians import SH_C0, Gaussians
+from ..render.colour import srgb_to_linear
 from .gltf_document import ARRAY_BUFFER, FLOAT, POINTS, GltfDocument
 
 EXTENSION = "KHR_gaussian_splatting"
 COLOR_SPACE = "srgb_rec709_display"
 #: Coefficients per SH band beyond DC: band l has 2l + 1.
 _BAND_SIZES = (3, 5, 7)
-
-
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    """The sRGB electro-optical transfer function (IEC 61966-2-1), for values in [0, 1]."""
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
 def sh_attribute_names(num_rest: int) -> list[str]:

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..render.film import film_passes
 from .config import Limits
 from .errors import ApiError
 from .render_payload import (
@@ -205,6 +206,12 @@ class Renderer:
                             background=torch.from_numpy(request.background).to(device),
                             near=request.near, far=request.far,
                             camera_model="ortho" if request.ortho else "pinhole")
+        if request.raw and request.film:  # converted while copied into the response buffer
+            buffer, rgba_view, depth_view = raw_image_buffer(request.width, request.height, request.want_depth, film=True)
+            film_passes(out.rgb.float().cpu().numpy(), out.alpha.float().cpu().numpy(),
+                        out.depth.float().cpu().numpy() if depth_view is not None else None,
+                        request.transparent, rgba_view, depth_view)
+            return memoryview(buffer), "application/octet-stream"
         if request.raw:  # written straight into the response buffer
             buffer, rgba_view, depth_view = raw_image_buffer(request.width, request.height, request.want_depth)
             rgba_view[..., :3] = out.rgb.float().cpu().numpy()

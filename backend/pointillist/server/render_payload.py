@@ -29,6 +29,11 @@ Render request — `POST /v1/render`, `Content-Type: application/octet-stream`:
     6       uint16      flags: bit 0 WANT_DEPTH, bit 1 RAW (float32 output; otherwise a PNG); depth needs RAW
                                bit 2 ORTHO (orthographic: u = fx x + cx, v = fy y + cy with K in pixels per
                                metre; near/far still bound camera z)
+                               bit 3 FILM (needs RAW): answer with a compositor's film (`render.film`): rows
+                               bottom first, RGB scene-linear, alpha 1 (opaque film) and depth FAR_DEPTH
+                               (1e10) where nothing was hit, so a DCC writes the bytes to its passes as they are
+                               bit 4 TRANSPARENT (needs FILM and a zero background): a transparent film, RGB
+                               premultiplied by alpha = coverage
     8       uint32      width, pixels
     12      uint32      height, pixels
     16      uint32      M, objects in this frame (>= 1)
@@ -50,11 +55,12 @@ Raw render response (`RAW`), `Content-Type: application/octet-stream`:
 
     0       4 bytes     magic b"PTIM"
     4       uint16      version = 1
-    6       uint16      flags: bit 0 HAS_DEPTH
+    6       uint16      flags: bit 0 HAS_DEPTH, bit 1 FILM (the request's FILM layout)
     8       uint32      width
     12      uint32      height
-    16      float32     H*W*4 RGBA, row-major from the top row; RGB is composited over the background
-            float32     H*W depth (camera z, 0 where alpha is 0), only with HAS_DEPTH
+    16      float32     H*W*4 RGBA, row-major from the top row; RGB is display sRGB composited over the
+                        background (with FILM: the film layout above)
+            float32     H*W depth (camera z, 0 where alpha is 0; with FILM: FAR_DEPTH), only with HAS_DEPTH
 
 Otherwise the response is `image/png`, 8-bit RGBA of the same pixels.
 """
@@ -70,8 +76,8 @@ import numpy as np
 OBJECT_MAGIC, RENDER_MAGIC, IMAGE_MAGIC = b"PTOB", b"PTRF", b"PTIM"
 VERSION = 1
 COLORS_RGB, REST_QUATS = 1, 2
-WANT_DEPTH, RAW, ORTHO = 1, 2, 4
-HAS_DEPTH = 1
+WANT_DEPTH, RAW, ORTHO, FILM, TRANSPARENT = 1, 2, 4, 8, 16
+HAS_DEPTH, FILM_IMAGE = 1, 2
 OBJECT_HEADER = struct.Struct("<4sHHIB3s")  # 16 bytes
 RENDER_HEADER = struct.Struct("<4sHHIIIff3f16f9fI")  # 144 bytes
 RECORD_HEADER = struct.Struct("<IHH")  # 8 bytes
@@ -133,6 +139,8 @@ class RenderRequest:
     want_depth: bool = False
     raw: bool = False
     ortho: bool = False
+    film: bool = False  # answer in film layout (render.film): needs raw
+    transparent: bool = False  # a transparent film: needs film and a zero background
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -220,7 +228,8 @@ def parse_object(body: bytes, limits: PayloadLimits = PayloadLimits()) -> Object
 
 # ------------------------------------------------------------------------------------ frames
 def encode_render(request: RenderRequest) -> bytes:
-    flags = (WANT_DEPTH if request.want_depth else 0) | (RAW if request.raw else 0) | (ORTHO if request.ortho else 0)
+    flags = (WANT_DEPTH if request.want_depth else 0) | (RAW if request.raw else 0) | (ORTHO if request.ortho else 0) \
+        | (FILM if request.film else 0) | (TRANSPARENT if request.transparent else 0)
     header = RENDER_HEADER.pack(RENDER_MAGIC, VERSION, flags, request.width, request.height, len(request.objects),
                                 request.near, request.far, *np.asarray(request.background, F32).reshape(3),
                                 *np.asarray(request.viewmat, F32).reshape(16), *np.asarray(request.K, F32).reshape(9), 0)
@@ -244,9 +253,13 @@ def parse_render(body: bytes, limits: PayloadLimits = PayloadLimits()) -> Render
     viewmat = np.array(fields[11:27], np.float32).reshape(4, 4)
     K = np.array(fields[27:36], np.float32).reshape(3, 3)
     reserved = fields[36]
-    _check_header("render", magic, RENDER_MAGIC, version, flags, WANT_DEPTH | RAW | ORTHO)
+    _check_header("render", magic, RENDER_MAGIC, version, flags, WANT_DEPTH | RAW | ORTHO | FILM | TRANSPARENT)
     if flags & WANT_DEPTH and not flags & RAW:
         raise PayloadError("render payload: depth is only returned with the RAW flag (PNG carries RGBA only)")
+    if flags & FILM and not flags & RAW:
+        raise PayloadError("render payload: the FILM layout is float32: it needs the RAW flag")
+    if flags & TRANSPARENT and not (flags & FILM and not background.any()):
+        raise PayloadError("render payload: TRANSPARENT needs the FILM flag and a zero (0 0 0) background")
     if reserved != 0:
         raise PayloadError("render payload: reserved field must be zero")
     if not (1 <= width <= limits.max_side and 1 <= height <= limits.max_side):
@@ -303,18 +316,21 @@ def parse_render(body: bytes, limits: PayloadLimits = PayloadLimits()) -> Render
         raise PayloadError(f"render payload: {len(view) - offset} unexpected bytes after the last object record")
     return RenderRequest(width=width, height=height, near=float(near), far=float(far), background=background,
                          viewmat=viewmat, K=K, objects=objects, want_depth=bool(flags & WANT_DEPTH),
-                         raw=bool(flags & RAW), ortho=bool(flags & ORTHO))
+                         raw=bool(flags & RAW), ortho=bool(flags & ORTHO), film=bool(flags & FILM),
+                         transparent=bool(flags & TRANSPARENT))
 
 
 # ------------------------------------------------------------------------------------ images
-def raw_image_buffer(width: int, height: int, with_depth: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def raw_image_buffer(width: int, height: int, with_depth: bool, film: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(whole response as a uint8 buffer with its header written, RGBA view (H, W, 4), depth view (H, W) or None).
 
     The renderer writes pixels straight into the views, so the response is built without extra copies.
     """
     pixels = width * height
     buffer = np.empty(IMAGE_HEADER.size + 4 * pixels * (5 if with_depth else 4), np.uint8)
-    IMAGE_HEADER.pack_into(buffer, 0, IMAGE_MAGIC, VERSION, HAS_DEPTH if with_depth else 0, width, height)
+    flags = (HAS_DEPTH if with_depth else 0) | (FILM_IMAGE if film else 0)
+    IMAGE_HEADER.pack_into(buffer, 0, IMAGE_MAGIC, VERSION, flags, width, height)
     body = buffer[IMAGE_HEADER.size:].view(F32)
     rgba = body[: 4 * pixels].reshape(height, width, 4)
     depth = body[4 * pixels:].reshape(height, width) if with_depth else None
@@ -330,13 +346,17 @@ def encode_raw_image(rgba: np.ndarray, depth: np.ndarray | None = None) -> bytes
     return buffer.tobytes()
 
 
-def decode_raw_image(body: bytes) -> tuple[np.ndarray, np.ndarray | None]:
-    """(RGBA (H, W, 4), depth (H, W) or None) from a raw render response (for clients and tests)."""
+def decode_raw_image(body: bytes, film: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(RGBA (H, W, 4), depth (H, W) or None) from a raw render response (for clients and tests), as read-only
+    views of `body`; `film` says which layout was asked for, and a response in the other one is refused."""
     if len(body) < IMAGE_HEADER.size:
         raise PayloadError("raw image: shorter than its header")
     magic, version, flags, w, h = IMAGE_HEADER.unpack_from(body, 0)
-    if magic != IMAGE_MAGIC or version != VERSION or flags & ~HAS_DEPTH:
+    if magic != IMAGE_MAGIC or version != VERSION or flags & ~(HAS_DEPTH | FILM_IMAGE):
         raise PayloadError("raw image: bad magic, version or flags")
+    if bool(flags & FILM_IMAGE) != film:
+        raise PayloadError("raw image: the film layout was asked for and not given (a backend older than "
+                           "this client?)" if film else "raw image: an unrequested film layout")
     expected = IMAGE_HEADER.size + 4 * w * h * (5 if flags & HAS_DEPTH else 4)
     if len(body) != expected:
         raise PayloadError(f"raw image: {len(body)} bytes, expected {expected}")
