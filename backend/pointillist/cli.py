@@ -214,19 +214,40 @@ def cmd_serve(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .atomic import atomic_write
-    from .train.evaluate import EvalConfig, evaluate, markdown
+    import os
+
+    from .train.evaluate import EvalConfig, EvalError, evaluate_many, json_safe, markdown, write_outputs
 
     torch_threads(args.threads)
-    summary = evaluate(EvalConfig(checkpoint=args.checkpoint, data=args.data, split=args.split, subjects=args.subjects,
-                                  max_points=args.max_points, temperature=args.temperature),
-                       head=_load_head(args.head), log=lambda line: print(line, file=sys.stderr, flush=True))
-    table = markdown(summary)
-    print(table, file=sys.stderr)
-    if args.output:
-        atomic_write(args.output, lambda f: f.write(json.dumps(summary, indent=1).encode()))
-        atomic_write(Path(args.output).with_suffix(".md"), lambda f: f.write((table + "\n").encode()))
-    print(json.dumps({k: v for k, v in summary.items() if k != "rows"}))
+    paths, names = [], []
+    for item in args.checkpoint:  # PATH or NAME=PATH (the name heads the table's column)
+        name, sep, path = item.partition("=")
+        if sep and not os.path.exists(item):
+            paths.append(path)
+            names.append(name)
+        else:
+            paths.append(item)
+            names.append("")
+    for path in paths:
+        if not Path(path).is_file():
+            raise CliError(f"checkpoint {path} not found")
+    config = EvalConfig(checkpoint=paths[0], data=args.data, split=args.split, subjects=args.subjects,
+                        max_points=args.max_points, temperature=args.temperature, render_size=args.render_size,
+                        seed=args.seed, reenact_size=args.reenact_size, frames=args.frames, sheet_tile=args.sheet_tile,
+                        names=names if any(names) else [])
+    if config.names:
+        config.names = [n or Path(p).stem for n, p in zip(names, paths)]
+    try:
+        result = evaluate_many(paths, config, head=_load_head(args.head),
+                               log=lambda line: print(line, file=sys.stderr, flush=True))
+        written = write_outputs(result, args.output) if args.output else []
+    except EvalError as exc:
+        raise CliError(str(exc)) from None
+    print(markdown(result.summary), file=sys.stderr)
+    brief = {k: v for k, v in result.summary.items() if k != "checkpoints"}
+    brief["checkpoints"] = [{k: v for k, v in c.items() if k != "rows"} for c in result.summary["checkpoints"]]
+    brief["outputs"] = [str(p) for p in written]
+    print(json.dumps(json_safe(brief)))
 
 
 def cmd_checkpoint_pack(args) -> None:
@@ -447,15 +468,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="PNG")
     p.set_defaults(func=cmd_train_curves)
 
-    p = sub.add_parser("evaluate", help="held-out metrics of a generator checkpoint (AR loss with/without image, points, PSNR)")
-    p.add_argument("--checkpoint", required=True, metavar="SAFETENSORS")
+    p = sub.add_parser("eval", aliases=["evaluate"],
+                       help="held-out metrics of one or more generator checkpoints side by side: novel-view PSNR/SSIM, "
+                            "reenactment AKD, Chamfer, binding accuracy, point counts per hair style, AR loss; contact sheet")
+    p.add_argument("--checkpoint", required=True, action="append", metavar="[NAME=]SAFETENSORS",
+                   help="repeatable: one table column per checkpoint (NAME heads the column; default the file stem)")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--split", choices=["heldout", "train"], default="heldout")
-    p.add_argument("--subjects", type=int, default=10)
-    p.add_argument("--max-points", type=int, default=2048)
+    p.add_argument("--subjects", type=_positive_int, default=10, help="balanced across hair styles")
+    p.add_argument("--max-points", type=_positive_int, default=2048)
     p.add_argument("--temperature", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0, help="subject choice and sampling (per subject: seed + id)")
+    p.add_argument("--render-size", type=_size, default=128, help="novel-view PSNR/SSIM resolution")
+    p.add_argument("--reenact-size", type=_size, default=512, help="AKD render size (pixels)")
+    p.add_argument("--frames", type=int, default=5, help="driving frames per subject for AKD (0..5)")
+    p.add_argument("--sheet-tile", type=_size, default=128, help="contact sheet tile side")
     p.add_argument("--threads", type=int)
-    p.add_argument("-o", "--output", metavar="JSON", help="also write the summary (JSON) and its table (.md)")
+    p.add_argument("-o", "--output", metavar="PREFIX", help="write PREFIX.json, PREFIX.md (table) and PREFIX.png (contact sheet)")
     head_option(p)
     p.set_defaults(func=cmd_evaluate)
 
