@@ -214,15 +214,13 @@ def cmd_serve(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    import os
-
     from .train.evaluate import EvalConfig, EvalError, evaluate_many, json_safe, markdown, write_outputs
 
     torch_threads(args.threads)
     paths, names = [], []
     for item in args.checkpoint:  # PATH or NAME=PATH (the name heads the table's column)
         name, sep, path = item.partition("=")
-        if sep and not os.path.exists(item):
+        if sep and not Path(item).exists():
             paths.append(path)
             names.append(name)
         else:

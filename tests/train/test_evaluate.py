@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from pointillist.avatar.controls import FaceControls
 from pointillist.cli import main
 from pointillist.head.model import HeadModel
@@ -16,9 +15,27 @@ from pointillist.model.checkpoint import save_generator
 from pointillist.model.config import MODEL_PRESETS, GeneratorConfig
 from pointillist.model.generator import Generator
 from pointillist.train import metrics
-from pointillist.train.dataset import DatasetConfig, DatasetIndex, build_dataset, load_subject
-from pointillist.train.eval_reenact import GaussianArrays, detect, make_avatar, posed_renders, reenactment_akd, scaled_K
-from pointillist.train.evaluate import TABLE_ROWS, EvalConfig, evaluate_many, json_safe, select_subjects
+from pointillist.train.dataset import (
+    DatasetConfig,
+    DatasetIndex,
+    build_dataset,
+    load_subject,
+)
+from pointillist.train.eval_reenact import (
+    GaussianArrays,
+    detect,
+    make_avatar,
+    posed_renders,
+    reenactment_akd,
+    scaled_K,
+)
+from pointillist.train.evaluate import (
+    TABLE_ROWS,
+    EvalConfig,
+    evaluate_many,
+    json_safe,
+    select_subjects,
+)
 
 # two held-out subjects (4 and 9) of different styles
 TINY_DATA = DatasetConfig(subjects=10, views=2, image_size=56, shard_size=5, density=0.4, ar_voxel_m=0.03, heldout_every=5)
@@ -74,7 +91,7 @@ def test_chamfer_binding_psnr_and_count_statistics():
     pts = np.random.default_rng(1).random((50, 3)).astype(np.float32) * 0.1
     bind = np.arange(50)
     assert metrics.chamfer_and_binding(pts, bind, pts, bind) == (0.0, 1.0)
-    shifted, acc = metrics.chamfer_and_binding(pts + np.float32([0.001, 0, 0]), bind, pts, bind)
+    shifted, _ = metrics.chamfer_and_binding(pts + np.float32([0.001, 0, 0]), bind, pts, bind)
     assert shifted == pytest.approx(0.1, abs=1e-4)  # 1 mm = 0.1 cm each way
     img = np.zeros((16, 16, 3))
     assert metrics.psnr(img, img + 0.1) == pytest.approx(20.0)

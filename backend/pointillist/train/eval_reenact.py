@@ -56,7 +56,7 @@ class GaussianArrays:
     @classmethod
     def from_decoder(cls, out, binding: np.ndarray, k: int) -> GaussianArrays:
         """The decoder's output for one subject; each generated point's k children share its triangle."""
-        arr = lambda t: t[0].detach().cpu().float().numpy()  # noqa: E731
+        arr = lambda t: t[0].detach().cpu().float().numpy()
         return cls(arr(out.means), arr(out.log_scales), arr(out.quats), arr(out.opacity_logits), arr(out.sh_dc),
                    np.repeat(np.asarray(binding), k))
 

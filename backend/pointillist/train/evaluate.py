@@ -102,7 +102,7 @@ def _target(record, v: int, size: int) -> torch.Tensor:
 
 def _render(g, record, v: int, size: int) -> torch.Tensor:
     """Canonical Gaussians (tensors with a batch axis, or a GaussianArrays) through view v's camera."""
-    t = lambda x: x[0] if isinstance(x, torch.Tensor) else torch.as_tensor(np.array(x, dtype=np.float32))  # noqa: E731
+    t = lambda x: x[0] if isinstance(x, torch.Tensor) else torch.as_tensor(np.array(x, dtype=np.float32))
     return render_white(t(g.means), t(g.quats), t(g.log_scales), t(g.opacity_logits), t(g.sh_dc), record.viewmats[v],
                         scaled_K(record.Ks[v], record.images.shape[1], size), size)
 
@@ -306,7 +306,7 @@ def _reference_summary(ref: list[dict]) -> dict:
 def summarize(rows: list[dict], config: EvalConfig, info: dict, checkpoint: str | None = None) -> dict:
     """Means over subjects; AKD over all frames where both sides were detected; counts per style."""
     styles = sorted({r["style"] for r in rows})
-    mean = lambda key, rs=rows: round(_mean([r[key] for r in rs]), 4)  # noqa: E731
+    mean = lambda key, rs=rows: round(_mean([r[key] for r in rs]), 4)
     frames = sum(r["frames"] for r in rows)
     akd_frames = sum(r["akd_frames"] for r in rows)
     akd = sum(r["akd_px"] * r["akd_frames"] for r in rows if r["akd_px"] is not None)
@@ -385,12 +385,12 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {s} | {true['true']:.0f} ± {true['true_std']:.0f} | " + " | ".join(cells) + " |")
     ref = summary.get("reference")
     if ref:
-        lines += ["", f"Reference: the ground-truth avatars re-rendered against the dataset's novel views score PSNR "
+        lines += ["", (f"Reference: the ground-truth avatars re-rendered against the dataset's novel views score PSNR "
                       f"{_fmt(ref['truth_psnr'], '{:.2f}')} dB / SSIM {_fmt(ref['truth_ssim'], '{:.4f}')} (the metric's "
                       f"ceiling here); the driving frames move the ground truth's landmarks by "
                       f"{_fmt(ref['driving_akd_px'], '{:.2f}')} px from its neutral face (an avatar that did not move "
                       f"would score about that AKD); landmark detection failed on {ref['truth_detection_failures']} "
-                      f"ground-truth renders."]
+                      f"ground-truth renders.")]
     return "\n".join(lines)
 
 

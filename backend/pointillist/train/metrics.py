@@ -47,7 +47,7 @@ def ssim(a: Tensor | np.ndarray, b: Tensor | np.ndarray, data_range: float = 1.0
     x = x.permute(2, 0, 1)[None]
     y = y.permute(2, 0, 1)[None]
     w = _gaussian_window(SSIM_WINDOW, SSIM_SIGMA, torch.float64).expand(C, 1, SSIM_WINDOW, SSIM_WINDOW)
-    blur = lambda t: F.conv2d(t, w, groups=C)  # noqa: E731  (valid positions only)
+    blur = lambda t: F.conv2d(t, w, groups=C)
     mu_x, mu_y = blur(x), blur(y)
     var_x = blur(x * x) - mu_x**2
     var_y = blur(y * y) - mu_y**2
@@ -98,7 +98,7 @@ def count_statistics(generated: list[int] | np.ndarray, true: list[int] | np.nda
     """
     g = np.asarray(generated, dtype=np.float64)
     t = np.asarray(true, dtype=np.float64)
-    out = {"n": int(len(g)), "generated_mean": _r(g.mean(), 1), "generated_std": _r(g.std(), 1),
+    out = {"n": len(g), "generated_mean": _r(g.mean(), 1), "generated_std": _r(g.std(), 1),
            "true_mean": _r(t.mean(), 1), "true_std": _r(t.std(), 1), "pearson": None, "spearman": None}
     if len(g) >= 3 and g.std() > 0 and t.std() > 0:
         from scipy.stats import pearsonr, spearmanr
