@@ -22,7 +22,7 @@ import numpy as np
 
 # Fitzpatrick-like anchors I..VI, display sRGB (light -> deep); interpolated continuously.
 SKIN_ANCHORS = np.array([
-    (0.97, 0.85, 0.77), (0.92, 0.76, 0.64), (0.82, 0.63, 0.49), (0.68, 0.48, 0.34), (0.50, 0.34, 0.23), (0.30, 0.20, 0.14),
+    (0.93, 0.79, 0.71), (0.88, 0.71, 0.60), (0.80, 0.61, 0.47), (0.67, 0.47, 0.33), (0.49, 0.33, 0.23), (0.30, 0.20, 0.14),
 ])
 FITZPATRICK = ("I", "II", "III", "IV", "V", "VI")
 
@@ -167,7 +167,7 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
         beard_style=str(rng.choice(BEARD_STYLES, p=BEARD_WEIGHTS)), beard_length=float(rng.uniform(0.7, 1.5)),
         glasses=glasses, glasses_rgb=tuple(float(c) for c in frame[int(rng.integers(len(frame)))]),
         lighting=Lighting(direction=tuple(float(c) for c in direction), kelvin=float(rng.uniform(3200, 7500)),
-                          ambient=float(1.0 - 0.75 * key), key=key),
+                          ambient=float(0.97 - 0.8 * key), key=key),
     )
 
 

@@ -531,18 +531,19 @@ class ProceduralAvatarBuilder:
             z_lens = ev[:, 2].max() + 0.011
             cx = c[0] + side * 0.002
             cy = c[1] + 0.001
-            t = np.linspace(0, 2 * np.pi, int(160 * np.sqrt(self.density)), endpoint=False)
-            ct, st = np.cos(t), np.sin(t)
-            x = cx + w * np.sign(ct) * np.abs(ct) ** (2 / p)
-            y = cy + h * np.sign(st) * np.abs(st) ** (2 / p)
-            z = z_lens - 0.006 * ((x - cx) * side / w).clip(0) ** 2  # wrap a little toward the temples
-            rim = np.stack([x, y, z], 1)
+            def rim(t0: float, t1: float) -> np.ndarray:  # the superellipse from angle t0 to t1 (an open polyline)
+                t = np.linspace(t0, t1, max(8, int(80 * (t1 - t0) / np.pi * np.sqrt(self.density))))
+                ct, st = np.cos(t), np.sin(t)
+                x = cx + w * np.sign(ct) * np.abs(ct) ** (2 / p)
+                y = cy + h * np.sign(st) * np.abs(st) ** (2 / p)
+                z = z_lens - 0.006 * ((x - cx) * side / w).clip(0) ** 2  # wrap a little toward the temples
+                return np.stack([x, y, z], 1)
+
             if style == "browline":  # a heavy upper rim, a thin lower wire
-                curves.append(rim[st > 0.1])
-                curves.append(rim[st > 0.1] + np.array([0.0, -0.0012, 0.0]))
-                curves.append(rim[st <= 0.1])
+                upper = rim(-0.1, np.pi + 0.1)
+                curves += [upper, upper + np.array([0.0, -0.0012, 0.0]), rim(np.pi + 0.1, 2 * np.pi - 0.1)]
             else:
-                curves.append(np.concatenate([rim, rim[:1]]))
+                curves.append(rim(0.0, 2 * np.pi))
             hinges.append((np.array([cx + side * w, cy + 0.35 * h, z_lens - 0.006]), side))
         # bridge between the inner rims, arching over the nose
         left_in = min((c for c in curves), key=lambda c: np.abs(c[:, 0]).min())

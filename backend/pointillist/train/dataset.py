@@ -54,13 +54,14 @@ from ..atomic import atomic_write
 FORMAT = "pointillist-synth-dataset"
 FORMAT_VERSION = 1
 # Bump when the synthesis changes what a subject looks like for the same config (refuses stale resumes).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: engine v2 (appearance, posed portrait, baked key light, textured backgrounds)
 INDEX_NAME = "index.json"
 CROP_SIZE = 512  # the portrait pipeline's aligned crop (preprocess.portrait)
 SOURCE_SIZE = 768  # nominal side of the simulated photo the crop is taken from (never rendered)
 SPLITS = ("train", "heldout")
 SH_C0 = 0.28209479177387814
 
+_BASE_META = ("id", "split", "style", "beard", "num_gaussians", "num_ar_points")
 _SHARD_RE = re.compile(r"^shard-(\d{5,})\.npz$")
 _TMP_RE = re.compile(r"^\.(shard-\d{5,}\.npz|index\.json)\..*\.tmp$")
 
@@ -69,6 +70,8 @@ _GAUSSIAN_KEYS = ("means", "log_scales", "quats", "opacity_logits", "sh_dc", "bi
 _AR_KEYS = ("ar_points", "ar_binding")
 # Per-subject fixed-shape arrays stacked along a new first axis.
 _VIEW_KEYS = ("images", "masks", "viewmats", "Ks", "view_yaw_pitch")
+# Engine v2 per-subject members; optional (v1 shards lack them and read as rest pose, no attributes).
+_V2_KEYS = ("expressions", "poses", "beard_styles", "attributes")
 
 
 class DatasetError(ValueError):
@@ -92,9 +95,12 @@ class DatasetConfig:
     portrait_pitch_deg: float = 8.0
     novel_yaw_deg: float = 60.0  # views 1..: uniform in ±
     novel_pitch_deg: float = 15.0
-    roll_deg: float = 4.0
-    fov_min_deg: float = 14.0  # vertical fov of the simulated photo
-    fov_max_deg: float = 35.0
+    roll_deg: float = 8.0
+    fov_min_deg: float = 10.2  # vertical fov of the simulated photo: 135 mm on a 24 mm-high frame...
+    fov_max_deg: float = 37.8  # ...to 35 mm; focal length drawn log-uniform in between
+    expression_rate: float = 0.8  # share of subjects whose portrait (view 0) is posed: expression, jaw, neck, gaze
+    neck_deg: float = 8.0  # posed portrait: neck rotation uniform in ± (roll in ± half)
+    glasses_rate: float = 0.15
 
     def validate(self) -> DatasetConfig:
         def positive_int(name: str, limit: int | None = None) -> None:
@@ -118,6 +124,9 @@ class DatasetConfig:
         number("ar_voxel_m", 0.0, 1.0, lo_open=True)
         number("ar_min_opacity", 0.0, 1.0)
         number("beard_rate", 0.0, 1.0)
+        number("expression_rate", 0.0, 1.0)
+        number("glasses_rate", 0.0, 1.0)
+        number("neck_deg", 0.0, 30.0)
         number("density", 0.0, 16.0, lo_open=True)
         for name in ("portrait_yaw_deg", "novel_yaw_deg"):
             number(name, 0.0, 90.0)
@@ -170,21 +179,43 @@ class SubjectPlan:
     style: str
     beard: bool
     split: str
+    beard_style: str = "none"  # one of synth.appearance.BEARD_STYLES when beard, else "none"
+    glasses: bool = False
+    posed: bool = False  # view 0 carries a random expression / jaw / neck / gaze
+    appearance: object = None  # synth.appearance.Appearance (skin, hair colour, brows, light, ...)
 
 
 # Stream tags for np.random.default_rng([seed, tag, ...]) so the draws never share a stream.
 _STYLE_STREAM, _BEARD_STREAM, _VIEW_STREAM = 101, 102, 103
+_GLASSES_STREAM, _POSE_STREAM, _EXPR_STREAM = 104, 105, 106
 
 
 def subject_plan(config: DatasetConfig, subject_id: int) -> SubjectPlan:
-    """Style, beard and split of subject ``subject_id``: functions of (seed, id) only."""
+    """Everything decided about subject ``subject_id`` before building: functions of (seed, id) only, cheap.
+
+    Hair styles are balanced: every block of ``len(SYNTH_STYLES)`` subjects holds each style once.
+    """
+    from ..synth.appearance import appearance_for_seed
     from ..synth.procedural import SYNTH_STYLES
 
     n = len(SYNTH_STYLES)
     block, slot = divmod(subject_id, n)
     perm = np.random.default_rng([config.seed, _STYLE_STREAM, block]).permutation(n)
     beard = bool(np.random.default_rng([config.seed, _BEARD_STREAM, subject_id]).random() < config.beard_rate)
-    return SubjectPlan(subject_id, config.seed + subject_id, SYNTH_STYLES[int(perm[slot])], beard, subject_split(config, subject_id))
+    glasses = bool(np.random.default_rng([config.seed, _GLASSES_STREAM, subject_id]).random() < config.glasses_rate)
+    posed = bool(np.random.default_rng([config.seed, _POSE_STREAM, subject_id]).random() < config.expression_rate)
+    look = appearance_for_seed(config.seed + subject_id)
+    return SubjectPlan(subject_id, config.seed + subject_id, SYNTH_STYLES[int(perm[slot])], beard, subject_split(config, subject_id),
+                       beard_style=look.beard_style if beard else "none", glasses=glasses, posed=posed, appearance=look)
+
+
+def plan_controls(config: DatasetConfig, plan: SubjectPlan, expr_names) -> "object":
+    """The `FaceControls` of the plan's view 0 (rest controls when not posed); deterministic per (seed, id)."""
+    from ..synth.expressions import rest_controls, sample_controls
+
+    if not plan.posed:
+        return rest_controls(expr_names)
+    return sample_controls(np.random.default_rng([config.seed, _EXPR_STREAM, plan.subject_id]), expr_names, config.neck_deg)
 
 
 # ---------------------------------------------------------------------------------------------- record
@@ -210,6 +241,18 @@ class SubjectRecord:
     viewmats: np.ndarray  # (V, 4, 4) float32 head space -> OpenCV camera
     Ks: np.ndarray  # (V, 3, 3) float32 intrinsics of the stored S×S image
     view_yaw_pitch: np.ndarray  # (V, 2) float32 degrees of the source camera's orbit (view 0 = portrait)
+    # --- engine v2 (defaults = what a v1 subject is: rest pose everywhere, no recorded attributes)
+    expressions: np.ndarray | None = None  # (V, E') float32 per-view expression coefficients (E' may be 0: all zero)
+    poses: np.ndarray | None = None  # (V, 5, 3) float32 per-view joint axis-angles (root, neck, jaw, left_eye, right_eye)
+    beard_style: str = ""  # "none" / a BEARD_STYLES name; "" in v1 data (then `beard` alone says it)
+    attributes: dict = field(default_factory=dict)  # appearance, preset, glasses ... (JSON-able; {} in v1 data)
+
+    def __post_init__(self) -> None:
+        V = len(self.images)
+        if self.expressions is None:
+            self.expressions = np.zeros((V, 0), np.float32)
+        if self.poses is None:
+            self.poses = np.zeros((V, 5, 3), np.float32)
 
     @property
     def num_gaussians(self) -> int:
@@ -223,9 +266,23 @@ class SubjectRecord:
     def num_views(self) -> int:
         return len(self.images)
 
+    def is_posed(self, view: int) -> bool:
+        """Whether view ``view`` was rendered away from the rest pose (then animate before comparing)."""
+        return bool(np.any(self.expressions[view] != 0) or np.any(self.poses[view] != 0))
+
     def meta(self) -> dict:
-        return {"id": self.subject_id, "split": self.split, "style": self.style, "beard": self.beard,
-                "num_gaussians": self.num_gaussians, "num_ar_points": self.num_ar_points}
+        """The index.json entry: what the dataset card needs without opening shards."""
+        out = {"id": self.subject_id, "split": self.split, "style": self.style, "beard": self.beard,
+               "num_gaussians": self.num_gaussians, "num_ar_points": self.num_ar_points}
+        if self.attributes:
+            a = self.attributes
+            out.update({"beard_style": self.beard_style, "glasses": a.get("glasses", ""), "skin_tone": a.get("skin_tone"),
+                        "fitzpatrick": a.get("fitzpatrick"), "hair_color": a.get("hair_color"), "eye_color": a.get("eye_color"),
+                        "expression_preset": a.get("expression_preset", "rest"),
+                        "expression_magnitude": round(float(np.linalg.norm(self.expressions[0])), 4) if self.num_views else 0.0,
+                        "jaw_deg": round(float(np.degrees(np.linalg.norm(self.poses[0, 2]))), 3) if self.num_views else 0.0,
+                        "neck_deg": round(float(np.degrees(np.linalg.norm(self.poses[0, 1]))), 3) if self.num_views else 0.0})
+        return out
 
 
 # ---------------------------------------------------------------------------------------------- geometry
@@ -309,7 +366,9 @@ def sample_source_camera(rng: np.random.Generator, config: DatasetConfig, landma
     yaw = float(rng.uniform(-max_yaw, max_yaw))
     pitch = float(rng.uniform(-max_pitch, max_pitch))
     roll = float(rng.uniform(-config.roll_deg, config.roll_deg))
-    fov = float(rng.uniform(config.fov_min_deg, config.fov_max_deg))
+    # focal length log-uniform (portrait lenses 35-135 mm-equivalent by default), as a vertical fov
+    t_lo, t_hi = math.tan(math.radians(config.fov_min_deg) / 2), math.tan(math.radians(config.fov_max_deg) / 2)
+    fov = float(math.degrees(2 * math.atan(math.exp(rng.uniform(math.log(t_lo), math.log(t_hi))))))
     fill = float(rng.uniform(0.30, 0.55))  # forehead-to-chin share of the source frame height
     jitter = rng.normal(0.0, 0.01, 3).clip(-0.02, 0.02)  # the photographer does not aim exactly
     face_height = float(np.linalg.norm(landmarks[10] - landmarks[152]))
@@ -322,18 +381,18 @@ def sample_source_camera(rng: np.random.Generator, config: DatasetConfig, landma
 
 
 def sample_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """(size, size, 3) float32 in [0, 1]: a solid colour or a vertical two-colour gradient."""
-    top = rng.uniform(0.0, 1.0, 3)
-    if rng.random() < 0.5:
-        return np.broadcast_to(top.astype(np.float32), (size, size, 3)).copy()
-    bottom = rng.uniform(0.0, 1.0, 3)
-    w = ((np.arange(size) + 0.5) / size)[:, None, None]
-    return np.broadcast_to(top * (1 - w) + bottom * w, (size, size, 3)).astype(np.float32)
+    """(size, size, 3) float32 in [0, 1]: a random kind from `synth.backgrounds` (solid, gradient, noise, blobs), maybe vignetted."""
+    from ..synth.backgrounds import sample_background as draw
+
+    return draw(rng, size)
 
 
 def render_views(gaussians, viewmats: np.ndarray, Ks: np.ndarray, backgrounds: np.ndarray, size: int,
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rasterize canonical Gaussians (``avatar.gaussians``, DC colour) per camera: (images uint8, masks uint8)."""
+                 posed: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rasterize Gaussians (``avatar.gaussians``, DC colour) per camera: (images uint8, masks uint8).
+
+    ``posed[v]`` = (means, quats) replaces the canonical ones for view v when given (not None).
+    """
     from ..render.rasterize import rasterize
 
     means = torch.as_tensor(gaussians.means, dtype=torch.float32)
@@ -343,8 +402,9 @@ def render_views(gaussians, viewmats: np.ndarray, Ks: np.ndarray, backgrounds: n
     colors = (0.5 + SH_C0 * torch.as_tensor(gaussians.sh_dc, dtype=torch.float32)).clamp_min(0.0)
     images, masks = [], []
     with torch.no_grad():
-        for viewmat, K, bg in zip(viewmats, Ks, backgrounds):
-            out = rasterize(means, quats, scales, opac, colors, viewmat=torch.as_tensor(viewmat, dtype=torch.float32),
+        for v, (viewmat, K, bg) in enumerate(zip(viewmats, Ks, backgrounds)):
+            m, q = (means, quats) if posed is None or posed[v] is None else posed[v]
+            out = rasterize(m, q, scales, opac, colors, viewmat=torch.as_tensor(viewmat, dtype=torch.float32),
                             K=torch.as_tensor(K, dtype=torch.float32), width=size, height=size)
             alpha = out.alpha.numpy().astype(np.float64)
             rgb = out.rgb.numpy().astype(np.float64) + (1.0 - alpha)[..., None] * bg
@@ -387,35 +447,65 @@ def make_subject(config: DatasetConfig, subject_id: int, head=None) -> SubjectRe
         return _make_subject(config, subject_id, head or _template_head())
 
 
+def posed_landmarks(head, shape: np.ndarray, expression: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """(478, 3) float64 head-space landmarks of an identity under expression / pose (the posed view's crop input)."""
+    from ..head.fit import model_landmarks
+
+    with torch.no_grad():
+        out = head(shape=torch.as_tensor(np.asarray(shape, np.float32))[None],
+                   expression=torch.as_tensor(np.asarray(expression, np.float32))[None],
+                   pose=torch.as_tensor(np.asarray(pose, np.float32))[None])
+        return model_landmarks(head, out.vertices)[0].double().numpy()
+
+
 def _make_subject(config: DatasetConfig, subject_id: int, head) -> SubjectRecord:
+    from ..avatar.animate import AvatarAnimator
     from ..synth.procedural import make_procedural_avatar
 
     plan = subject_plan(config, subject_id)
-    avatar = make_procedural_avatar(seed=plan.seed, head=head, hair_style=plan.style, beard=plan.beard, density=config.density)
+    avatar = make_procedural_avatar(seed=plan.seed, head=head, hair_style=plan.style, beard=plan.beard, density=config.density,
+                                    beard_style=plan.beard_style if plan.beard else None, glasses=plan.glasses,
+                                    appearance=plan.appearance)
     g = avatar.gaussians
     shape = np.asarray(avatar.identity.shape, dtype=np.float32)
     binding = np.asarray(avatar.binding.triangles).astype(np.int32)
     ar_points, ar_binding, _ = voxel_subsample(g.means, g.opacity_logits, binding, config.ar_voxel_m, config.ar_min_opacity)
 
+    expr_names = list(head.data.expr_names)
+    controls = plan_controls(config, plan, expr_names)
     landmarks = subject_landmarks(head, shape)
     rng = np.random.default_rng([config.seed, _VIEW_STREAM, subject_id])
     S = config.image_size
+    V = config.views
+    expressions = np.zeros((V, len(expr_names)), np.float32)
+    poses = np.zeros((V, 5, 3), np.float32)
+    posed: list = [None] * V
+    if plan.posed:
+        expressions[0], poses[0] = controls.expression, controls.pose
+        out = AvatarAnimator(avatar, head)(expression=controls.expression, pose=controls.pose)
+        posed[0] = (out.means[0], out.quats[0])
     viewmats, Ks, yaw_pitch, backgrounds = [], [], [], []
-    for v in range(config.views):
-        src_view, src_K, yaw, pitch = sample_source_camera(rng, config, landmarks, portrait=v == 0)
-        viewmat, K = aligned_camera(landmarks, src_view, src_K, S)
+    for v in range(V):
+        lm = posed_landmarks(head, shape, expressions[v], poses[v]) if posed[v] is not None else landmarks
+        src_view, src_K, yaw, pitch = sample_source_camera(rng, config, lm, portrait=v == 0)
+        viewmat, K = aligned_camera(lm, src_view, src_K, S)
         viewmats.append(viewmat)
         Ks.append(K)
         yaw_pitch.append((yaw, pitch))
         backgrounds.append(sample_background(rng, S))
-    images, masks = render_views(g, np.stack(viewmats), np.stack(Ks), np.stack(backgrounds), S)
+    images, masks = render_views(g, np.stack(viewmats), np.stack(Ks), np.stack(backgrounds), S, posed)
+    meta = avatar.meta
+    attributes = {k: meta[k] for k in ("glasses", "skin_tone", "fitzpatrick", "hair_color", "eye_color")}
+    attributes["expression_preset"] = controls.preset
+    attributes["appearance"] = meta["appearance"]
     return SubjectRecord(
         subject_id=subject_id, split=plan.split, style=plan.style, beard=plan.beard, shape=shape,
         means=np.asarray(g.means, np.float32), log_scales=np.asarray(g.log_scales, np.float32),
         quats=np.asarray(g.quats, np.float32), opacity_logits=np.asarray(g.opacity_logits, np.float32),
         sh_dc=np.asarray(g.sh_dc, np.float32), binding=binding, ar_points=ar_points, ar_binding=ar_binding,
         images=images, masks=masks, viewmats=np.stack(viewmats).astype(np.float32), Ks=np.stack(Ks).astype(np.float32),
-        view_yaw_pitch=np.asarray(yaw_pitch, np.float32),
+        view_yaw_pitch=np.asarray(yaw_pitch, np.float32), expressions=expressions, poses=poses,
+        beard_style=plan.beard_style, attributes=attributes,
     )
 
 
@@ -437,6 +527,12 @@ def _shard_arrays(records: list[SubjectRecord]) -> dict[str, np.ndarray]:
         arrays[key] = np.concatenate([getattr(r, key) for r in records])
     for key in _VIEW_KEYS:
         arrays[key] = np.stack([getattr(r, key) for r in records])
+    # engine v2 members (absent in v1 shards; readers default them). Expressions are padded to one width.
+    E = max(r.expressions.shape[1] for r in records)
+    arrays["expressions"] = np.stack([np.pad(r.expressions, ((0, 0), (0, E - r.expressions.shape[1]))) for r in records]).astype(np.float32)
+    arrays["poses"] = np.stack([r.poses for r in records]).astype(np.float32)
+    arrays["beard_styles"] = np.array([r.beard_style for r in records], dtype="<U16")
+    arrays["attributes"] = np.array([json.dumps(r.attributes, sort_keys=True) for r in records])  # unicode, not objects
     return arrays
 
 
@@ -539,7 +635,7 @@ class ShardReader:
                 problems.append(name)
             else:
                 problems += [key for key in keys if len(a[key]) != off[-1]]
-        problems += [key for key in ("styles", "splits", "beards", "shapes", *_VIEW_KEYS) if len(a[key]) != k]
+        problems += [key for key in ("styles", "splits", "beards", "shapes", *_VIEW_KEYS, *_V2_KEYS) if key in a and len(a[key]) != k]
         if entry is not None and self.subject_ids != list(entry["subject_ids"]):
             problems.append("subject_ids (differ from the index)")
         if problems:
@@ -557,12 +653,22 @@ class ShardReader:
         g0, g1 = int(self._go[r]), int(self._go[r + 1])
         p0, p1 = int(self._ao[r]), int(self._ao[r + 1])
         try:
+            v2 = {}
+            if "expressions" in a:
+                v2["expressions"] = np.array(a["expressions"][r])
+            if "poses" in a:
+                v2["poses"] = np.array(a["poses"][r])
+            if "beard_styles" in a:
+                v2["beard_style"] = str(a["beard_styles"][r])
+            if "attributes" in a:
+                v2["attributes"] = json.loads(str(a["attributes"][r]))
             return SubjectRecord(
                 subject_id=subject_id, split=str(a["splits"][r]), style=str(a["styles"][r]), beard=bool(a["beards"][r]),
                 shape=np.array(a["shapes"][r]),
                 **{key: np.array(a[key][g0:g1]) for key in _GAUSSIAN_KEYS},
                 **{key: np.array(a[key][p0:p1]) for key in _AR_KEYS},
                 **{key: np.array(a[key][r]) for key in _VIEW_KEYS},
+                **v2,
             )
         except (OSError, ValueError) as exc:  # e.g. SIGBUS-free read errors on a file shrunk under us
             raise DatasetError(f"{self.path}: cannot read subject {subject_id} ({exc})") from None
@@ -602,7 +708,8 @@ class DatasetIndex:
             shards = [{"file": str(s["file"]), "subject_ids": [int(i) for i in s["subject_ids"]], "bytes": int(s["bytes"]),
                        "sha256": str(s["sha256"])} for s in data["shards"]]
             subjects = {int(s["id"]): {"split": str(s["split"]), "style": str(s["style"]), "beard": bool(s["beard"]),
-                                       "num_gaussians": int(s["num_gaussians"]), "num_ar_points": int(s["num_ar_points"])}
+                                       "num_gaussians": int(s["num_gaussians"]), "num_ar_points": int(s["num_ar_points"]),
+                                       **{k: v for k, v in s.items() if k not in _BASE_META}}  # v2 attributes pass through
                         for s in data["subjects"]}
             for s in shards:
                 if not _SHARD_RE.match(s["file"]):
@@ -865,7 +972,7 @@ def build_dataset(out_dir: str | os.PathLike, config: DatasetConfig = DatasetCon
             nonlocal done
             index.shards = [s for s in index.shards if s["file"] != entry["file"]] + [entry]
             for m in metas:
-                index.subjects[m["id"]] = {key: m[key] for key in ("split", "style", "beard", "num_gaussians", "num_ar_points")}
+                index.subjects[m["id"]] = {key: value for key, value in m.items() if key != "id"}
             index.save()
             done += 1
             if progress:
@@ -900,70 +1007,182 @@ def _build_parallel(root: Path, config: DatasetConfig, todo: list[int], workers:
 
 
 # ---------------------------------------------------------------------------------------------- summaries
+def _stats(values: list[float], digits: int = 1) -> dict:
+    a = np.asarray(values, np.float64)
+    return {"min": round(float(a.min()), digits), "mean": round(float(a.mean()), digits), "max": round(float(a.max()), digits)}
+
+
+def _counts(rows: list[dict], key: str, order: tuple[str, ...] = ()) -> dict[str, int]:
+    values = [str(r[key]) if r.get(key) not in (None, "") else "none" for r in rows]
+    names = [n for n in order if n in values] + sorted(set(values) - set(order))
+    return {n: values.count(n) for n in names}
+
+
 def dataset_card(root: str | os.PathLike) -> dict:
-    """Statistics from the index: subjects per split; per style count and AR point / Gaussian stats; beard share."""
+    """Statistics from index.json alone (no shard is opened).
+
+    Subjects per split; per hair style count and AR point / Gaussian stats; counts per beard style, skin
+    tone bin, hair colour, eye colour, accessory and expression preset; min / mean / max of the portrait's
+    expression magnitude (L2 of the coefficients), jaw and neck angles. v1 indexes lack the attribute
+    fields: those sections then count only what v1 recorded (beard yes / no).
+    """
     index = DatasetIndex.load(root)
-    subs = index.subjects
+    subs = list(index.subjects.values())
+    from ..synth.appearance import BEARD_STYLES, FITZPATRICK, HAIR_COLOR_NAMES
+    from ..synth.expressions import PRESET_NAMES
     from ..synth.procedural import SYNTH_STYLES
 
     styles = {}
-    for style in list(SYNTH_STYLES) + sorted({s["style"] for s in subs.values()} - set(SYNTH_STYLES)):
-        rows = [s for s in subs.values() if s["style"] == style]
-        if not rows:
-            continue
-        ar = np.array([s["num_ar_points"] for s in rows], np.float64)
-        ng = np.array([s["num_gaussians"] for s in rows], np.float64)
-        styles[style] = {"subjects": len(rows),
-                         "ar_points": {"mean": round(float(ar.mean()), 1), "min": int(ar.min()), "max": int(ar.max())},
-                         "gaussians": {"mean": round(float(ng.mean()), 1), "min": int(ng.min()), "max": int(ng.max())}}
-    return {
+    for style in list(SYNTH_STYLES) + sorted({s["style"] for s in subs} - set(SYNTH_STYLES)):
+        rows = [s for s in subs if s["style"] == style]
+        if rows:
+            styles[style] = {"subjects": len(rows), "ar_points": _stats([s["num_ar_points"] for s in rows]),
+                             "gaussians": _stats([s["num_gaussians"] for s in rows])}
+    v2 = [s for s in subs if "fitzpatrick" in s]
+    card = {
         "dir": str(index.root), "subjects": len(subs), "planned_subjects": index.config.subjects,
-        "splits": {split: sum(1 for s in subs.values() if s["split"] == split) for split in SPLITS},
+        "generator_version": index.generator_version,
+        "splits": {split: sum(1 for s in subs if s["split"] == split) for split in SPLITS},
         "styles": styles,
-        "beard_share": round(sum(s["beard"] for s in subs.values()) / len(subs), 4) if subs else 0.0,
-        "shards": len(index.shards), "bytes": sum(s["bytes"] for s in index.shards), "config": index.config.to_json(),
+        "beard_share": round(sum(s["beard"] for s in subs) / len(subs), 4) if subs else 0.0,
+        "ar_points": _stats([s["num_ar_points"] for s in subs]) if subs else None,
+        "gaussians": _stats([s["num_gaussians"] for s in subs]) if subs else None,
     }
+    if v2:
+        card.update({
+            "beard_styles": _counts(v2, "beard_style", ("none",) + BEARD_STYLES),
+            "skin_tones": _counts(v2, "fitzpatrick", FITZPATRICK),
+            "hair_colors": _counts(v2, "hair_color", HAIR_COLOR_NAMES),
+            "eye_colors": _counts(v2, "eye_color"),
+            "glasses": _counts(v2, "glasses", ("none",)),
+            "expression_presets": _counts(v2, "expression_preset", ("rest",) + PRESET_NAMES),
+            "posed_share": round(sum(s.get("expression_preset", "rest") != "rest" for s in v2) / len(v2), 4),
+            "expression_magnitude": _stats([s["expression_magnitude"] for s in v2], 3),
+            "jaw_deg": _stats([s["jaw_deg"] for s in v2], 2),
+            "neck_deg": _stats([s["neck_deg"] for s in v2], 2),
+        })
+    card.update({"shards": len(index.shards), "bytes": sum(s["bytes"] for s in index.shards), "config": index.config.to_json()})
+    return card
 
 
 def card_markdown(card: dict) -> str:
     built = f"{card['subjects']} of {card['planned_subjects']} subjects built, {card['shards']} shards, {card['bytes'] / 1e6:.1f} MB"
-    lines = [f"# Dataset {card['dir']}", "", built, "",
+    lines = [f"# Dataset {card['dir']}", "", f"{built} (generator v{card['generator_version']})", "",
              "| split | subjects |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in card["splits"].items()]
     lines += ["", "| style | subjects | AR points mean | min | max | Gaussians mean | min | max |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for style, s in card["styles"].items():
         a, g = s["ar_points"], s["gaussians"]
-        lines.append(f"| {style} | {s['subjects']} | {a['mean']:.0f} | {a['min']} | {a['max']} | {g['mean']:.0f} | {g['min']} | {g['max']} |")
+        lines.append(f"| {style} | {s['subjects']} | {a['mean']:.0f} | {a['min']:.0f} | {a['max']:.0f} | {g['mean']:.0f} | {g['min']:.0f} | {g['max']:.0f} |")
+    if card["ar_points"]:
+        a, g = card["ar_points"], card["gaussians"]
+        lines.append(f"| **all** | {card['subjects']} | {a['mean']:.0f} | {a['min']:.0f} | {a['max']:.0f} | {g['mean']:.0f} | {g['min']:.0f} | {g['max']:.0f} |")
     lines += ["", f"Beard share: {100 * card['beard_share']:.1f} %"]
+    for key, title in (("beard_styles", "beard style"), ("skin_tones", "skin tone (Fitzpatrick-like)"), ("hair_colors", "hair colour"),
+                       ("eye_colors", "eye colour"), ("glasses", "glasses"), ("expression_presets", "portrait expression")):
+        if key in card:
+            lines += ["", f"| {title} | subjects |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in card[key].items()]
+    if "expression_magnitude" in card:
+        lines += ["", f"Posed portraits: {100 * card['posed_share']:.1f} %", "",
+                  "| portrait control | min | mean | max |", "|---|---:|---:|---:|"]
+        for key, title in (("expression_magnitude", "expression magnitude (L2)"), ("jaw_deg", "jaw opening (deg)"), ("neck_deg", "neck rotation (deg)")):
+            st = card[key]
+            lines.append(f"| {title} | {st['min']} | {st['mean']} | {st['max']} |")
     return "\n".join(lines)
 
 
-def contact_sheet(root: str | os.PathLike, n: int = 16, view: int = 0, split: str = "all", label: bool = True) -> np.ndarray:
-    """(H, W, 3) uint8 grid of view ``view`` of the first ``n`` subjects of ``split``, labelled with id / style."""
-    from PIL import Image, ImageDraw
+def _label_tile(tile, text: str, scale: int = 1):
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(tile)
+    for row, line in enumerate(text.split("\n")):
+        y = row * 12
+        draw.rectangle((0, y, 6 * len(line) + 4, y + 12), fill=(0, 0, 0))
+        draw.text((2, y), line, fill=(255, 255, 255))
+    return tile
+
+
+def _record_label(rec: SubjectRecord) -> str:
+    a = rec.attributes
+    first = f"{rec.subject_id} {rec.style}"
+    if not a:
+        return first + (" +beard" if rec.beard else "")
+    extras = [a.get("fitzpatrick", ""), a.get("hair_color", "")]
+    if rec.beard:
+        extras.append(rec.beard_style)
+    if a.get("glasses"):
+        extras.append("glasses")
+    second = " ".join(e for e in extras if e)
+    if a.get("expression_preset", "rest") not in ("rest", "neutral"):
+        second += f" {a['expression_preset']}"
+    return f"{first}\n{second}"
+
+
+def _grid(tiles: list, size: int):
+    from PIL import Image
+
+    cols = math.ceil(math.sqrt(len(tiles)))
+    rows = math.ceil(len(tiles) / cols)
+    sheet = Image.new("RGB", (cols * size, rows * size), (255, 255, 255))
+    for j, tile in enumerate(tiles):
+        sheet.paste(tile, ((j % cols) * size, (j // cols) * size))
+    return np.asarray(sheet)
+
+
+def contact_sheet(root: str | os.PathLike, n: int = 16, view: int = 0, split: str = "all", label: bool = True,
+                  random: bool = False, seed: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8 grid (ceil(sqrt(n)) columns) of view ``view`` of ``n`` subjects of ``split``.
+
+    The first ``n`` ids, or with ``random`` a seeded sample of them (sorted). Labels: id, style, skin
+    tone bin, hair colour, beard style, glasses, expression preset.
+    """
+    from PIL import Image
 
     index = DatasetIndex.load(root)
-    ids = index.subject_ids(split)[: max(0, int(n))]
+    ids = index.subject_ids(split)
+    if random:
+        pick = np.random.default_rng(seed).choice(len(ids), size=min(max(0, int(n)), len(ids)), replace=False)
+        ids = [ids[i] for i in sorted(pick)]
+    else:
+        ids = ids[: max(0, int(n))]
     if not ids:
         raise DatasetError(f"no built subjects in split {split!r} of {index.root}")
     if not 0 <= view < index.config.views:
         raise DatasetError(f"view must be in 0..{index.config.views - 1}, got {view}")
-    S = index.config.image_size
-    cols = math.ceil(math.sqrt(len(ids)))
-    rows = math.ceil(len(ids) / cols)
-    sheet = Image.new("RGB", (cols * S, rows * S), (255, 255, 255))
+    tiles = []
     reader: ShardReader | None = None
-    for j, sid in enumerate(ids):
+    for sid in ids:
         entry = index.shard_for(sid)
         if reader is None or reader.path.name != entry["file"]:
             reader = ShardReader(index.root / entry["file"], entry)
         rec = reader.get(sid)
         tile = Image.fromarray(rec.images[view])
-        if label:
-            draw = ImageDraw.Draw(tile)
-            text = f"{sid} {rec.style}{' +beard' if rec.beard else ''}"
-            draw.rectangle((0, 0, 7 * len(text) + 4, 13), fill=(0, 0, 0))
-            draw.text((2, 1), text, fill=(255, 255, 255))
-        sheet.paste(tile, ((j % cols) * S, (j // cols) * S))
-    return np.asarray(sheet)
+        tiles.append(_label_tile(tile, _record_label(rec)) if label else tile)
+    return _grid(tiles, index.config.image_size)
+
+
+def synth_contact_sheet(n: int = 64, seed: int = 0, image_size: int = 128, density: float = 0.6, label: bool = True,
+                        workers: int = 1) -> np.ndarray:
+    """A contact sheet of ``n`` freshly synthesised portraits (view 0) without building a dataset.
+
+    Subjects ``0..n-1`` of ``DatasetConfig(seed=seed, views=1, image_size=image_size, density=density)``:
+    exactly what a dataset with those settings would hold as its portraits.
+    """
+    from PIL import Image
+
+    if n <= 0:
+        raise DatasetError(f"n must be positive, got {n}")
+    config = DatasetConfig(subjects=n, views=1, image_size=image_size, seed=seed, density=density).validate()
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init) as pool:
+            records = list(pool.map(make_subject, [config] * n, range(n), chunksize=max(1, n // (4 * workers))))
+    else:
+        records = [make_subject(config, i) for i in range(n)]
+    tiles = [Image.fromarray(r.images[0]) for r in records]
+    if label:
+        tiles = [_label_tile(t, _record_label(r)) for t, r in zip(tiles, records)]
+    return _grid(tiles, image_size)

@@ -69,12 +69,20 @@ def add_dataset_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR")
     p.set_defaults(func=cmd_dataset_card)
 
-    p = sub.add_parser("contact-sheet", help="a PNG grid of the subjects' portrait views")
-    p.add_argument("dir", metavar="DIR")
+    p = sub.add_parser("contact-sheet", help="a labelled PNG grid of the subjects' portrait views (of DIR, or --synth)",
+                       description="A grid of ceil(sqrt(n)) columns. With --synth no dataset is needed: the first n "
+                                   "subjects of a fresh config (seed --seed, one view at --image-size) are synthesised.")
+    p.add_argument("dir", metavar="DIR", nargs="?", help="a dataset folder (leave out with --synth)")
     p.add_argument("-o", "--output", required=True, metavar="PNG")
     p.add_argument("-n", type=_positive_int, default=16, help="subjects (default 16)")
     p.add_argument("--view", type=_non_negative_int, default=0, help="which view (default 0, the portrait)")
     p.add_argument("--split", choices=["train", "heldout", "all"], default="all")
+    p.add_argument("--random", action="store_true", help="a seeded random sample of the subjects instead of the first n")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="sample seed (--random), dataset seed (--synth)")
+    p.add_argument("--synth", action="store_true", help="synthesise n subjects now instead of reading DIR")
+    p.add_argument("--image-size", type=_positive_int, default=128, metavar="S", help="tile side with --synth (default 128)")
+    p.add_argument("--workers", type=_positive_int, default=1, metavar="W", help="processes with --synth (default 1)")
+    p.add_argument("--no-labels", action="store_true", help="no id / style / attribute labels on the tiles")
     p.set_defaults(func=cmd_dataset_contact_sheet)
 
     p = sub.add_parser("verify", help="check every shard's size, sha256 and layout against index.json")
@@ -125,7 +133,16 @@ def cmd_dataset_contact_sheet(args: argparse.Namespace) -> None:
     from ..atomic import atomic_write
     from .dataset import contact_sheet
 
-    sheet = contact_sheet(args.dir, n=args.n, view=args.view, split=args.split)
+    from .dataset import DatasetError, synth_contact_sheet
+
+    if args.synth == (args.dir is not None):
+        raise DatasetError("give a dataset DIR or --synth (not both, not neither)")
+    if args.synth:
+        sheet = synth_contact_sheet(n=args.n, seed=args.seed, image_size=args.image_size, label=not args.no_labels,
+                                    workers=args.workers)
+    else:
+        sheet = contact_sheet(args.dir, n=args.n, view=args.view, split=args.split, label=not args.no_labels,
+                              random=args.random, seed=args.seed)
     atomic_write(args.output, lambda fh: Image.fromarray(sheet).save(fh, format="PNG"))
     print(json.dumps({"output": str(args.output), "width": int(sheet.shape[1]), "height": int(sheet.shape[0])}))
 
