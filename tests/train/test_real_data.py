@@ -406,3 +406,20 @@ def test_more_views_than_neutral_cameras_take_the_next_timestep_with_its_control
     # (the crop camera is the real one rolled about its axis: compare depth and distance from the axis)
     err = np.hypot(got[:, 2] - want[:, 2], np.linalg.norm(got[:, :2], axis=1) - np.linalg.norm(want[:, :2], axis=1))
     assert np.median(err) < 2e-3, np.median(err)
+
+
+def test_frame_flame_param_path_is_used_when_the_model_lacks_the_timestep(fixture, flame_head, imported, tmp_path):
+    model = _broken_copy(fixture, tmp_path)
+    npz = model / "point_cloud" / "iteration_600" / "flame_param.npz"
+    with np.load(npz) as z:
+        params = {k: z[k] for k in z.files}
+    per_t = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
+    (model / "flame_param").mkdir()
+    np.savez(model / "flame_param" / "00001.npz", **{k: params[k][1:2] for k in per_t})  # VHAP's per-timestep file
+    np.savez(npz, **{k: (v[:1] if k in per_t else v) for k, v in params.items()})  # the model only knows timestep 0
+    out = tmp_path / "fallback"
+    import_gaussian_avatars([model], out, flame_head, views=2, image_size=S, background="keep")
+    np.testing.assert_allclose(load_subject(out, 0).viewmats, load_subject(imported, 0).viewmats, atol=1e-6)
+    (model / "flame_param" / "00001.npz").unlink()
+    with pytest.raises(RealDataError, match=r"flame_param/00001\.npz: FLAME parameter file not found"):
+        import_gaussian_avatars([model], tmp_path / "none", flame_head, views=2, image_size=S)

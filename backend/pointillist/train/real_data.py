@@ -300,29 +300,38 @@ def _per_timestep(params: dict[str, np.ndarray], key: str, width: int, path: Pat
     return a
 
 
-def timestep_pose(params: dict[str, np.ndarray], t: int, path: Path, num_expr: int) -> TimestepPose | None:
-    """Timestep ``t`` of a FLAME parameter dict (None when it has fewer timesteps); missing keys are zero."""
-    arrays = {k: _per_timestep(params, k, w, path) for k, w in _POSE_KEYS.items()}
-    arrays["expr"] = _per_timestep(params, "expr", 0, path)
-    lengths = {k: len(a) for k, a in arrays.items() if a is not None}
-    if not lengths:
-        raise RealDataError(f"{path}: none of the keys expr, rotation, neck_pose, jaw_pose, eyes_pose, translation")
-    if len(set(lengths.values())) > 1:
-        raise RealDataError(f"{path}: per-timestep keys disagree on the number of timesteps ({lengths})")
-    if t >= next(iter(lengths.values())):
-        return None
+class FlameSequence:
+    """Per-timestep FLAME parameters of one npz, validated once (a capture has thousands of timesteps)."""
 
-    def row(k: str, w: int) -> np.ndarray:
-        return np.zeros(w) if arrays[k] is None else arrays[k][t]
+    def __init__(self, params: dict[str, np.ndarray], path: Path, num_expr: int):
+        self.path = path
+        self.num_expr = num_expr
+        self.arrays = {k: _per_timestep(params, k, w, path) for k, w in _POSE_KEYS.items()}
+        self.arrays["expr"] = _per_timestep(params, "expr", 0, path)
+        lengths = {k: len(a) for k, a in self.arrays.items() if a is not None}
+        if not lengths:
+            raise RealDataError(f"{path}: none of the keys expr, rotation, neck_pose, jaw_pose, eyes_pose, translation")
+        if len(set(lengths.values())) > 1:
+            raise RealDataError(f"{path}: per-timestep keys disagree on the number of timesteps ({lengths})")
+        self.timesteps = next(iter(lengths.values()))
 
-    expr = row("expr", 0) if arrays["expr"] is not None else np.zeros(0)
-    if len(expr) > num_expr and np.any(expr[num_expr:] != 0):
-        raise RealDataError(f"{path}: key 'expr' uses {len(expr)} coefficients at timestep {t}, the head model has {num_expr}; "
-                            "convert FLAME with more expression components")
-    expr = np.pad(expr[:num_expr], (0, max(0, num_expr - len(expr))))
-    eyes = row("eyes_pose", 6)
-    pose = np.stack([row("rotation", 3), row("neck_pose", 3), row("jaw_pose", 3), eyes[:3], eyes[3:]])
-    return TimestepPose(expr, pose, row("translation", 3))
+    def __getitem__(self, t: int) -> TimestepPose | None:
+        """Timestep ``t`` (None when the file has fewer timesteps); missing keys are zero."""
+        if not 0 <= t < self.timesteps:
+            return None
+
+        def row(k: str, w: int) -> np.ndarray:
+            return np.zeros(w) if self.arrays[k] is None else self.arrays[k][t]
+
+        expr = row("expr", 0)
+        n = self.num_expr
+        if len(expr) > n and np.any(expr[n:] != 0):
+            raise RealDataError(f"{self.path}: key 'expr' uses {len(expr)} coefficients at timestep {t}, the head model has "
+                                f"{n}; convert FLAME with more expression components")
+        expr = np.pad(expr[:n], (0, max(0, n - len(expr))))
+        eyes = row("eyes_pose", 6)
+        pose = np.stack([row("rotation", 3), row("neck_pose", 3), row("jaw_pose", 3), eyes[:3], eyes[3:]])
+        return TimestepPose(expr, pose, row("translation", 3))
 
 
 # ---------------------------------------------------------------------------------------------- the importer
@@ -449,7 +458,7 @@ def import_subject(model_dir: str | os.PathLike, head, config: DatasetConfig, su
         raise RealDataError(str(exc)) from None
     shape = np.asarray(avatar.identity.shape, np.float64)
     offsets = None if avatar.identity.vertex_offsets is None else np.asarray(avatar.identity.vertex_offsets, np.float64)
-    params = _load_params(npz)
+    sequence = FlameSequence(_load_params(npz), npz, head.num_expr)
     frames = read_transforms(data)
 
     # FLAME parameters per timestep: the model's fine-tuned ones, else the frame's own file
@@ -457,9 +466,9 @@ def import_subject(model_dir: str | os.PathLike, head, config: DatasetConfig, su
     for f in frames:
         if f.timestep in poses:
             continue
-        tp = timestep_pose(params, f.timestep, npz, head.num_expr)
+        tp = sequence[f.timestep]
         if tp is None and f.flame_param is not None:
-            tp = timestep_pose(_load_params(f.flame_param), 0, f.flame_param, head.num_expr)
+            tp = FlameSequence(_load_params(f.flame_param), f.flame_param, head.num_expr)[0]
         if tp is None:
             raise RealDataError(f"{f.where}: timestep_index {f.timestep} is beyond the timesteps in {npz} "
                                 "and the frame has no 'flame_param_path'")
