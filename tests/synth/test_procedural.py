@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,15 @@ import torch
 from pointillist.avatar.animate import AvatarAnimator
 from pointillist.avatar.gaussians import validate_avatar
 from pointillist.head.data import JOINT_NAMES
+from pointillist.synth.appearance import (
+    BEARD_STYLES,
+    Lighting,
+    appearance_for_seed,
+    color_temperature_rgb,
+    fitzpatrick_bin,
+    melanin_color,
+    skin_color,
+)
 from pointillist.synth.procedural import SYNTH_STYLES, make_procedural_avatar
 
 DENSITY = 0.35
@@ -73,7 +84,7 @@ def test_hair_binds_to_the_scalp_and_follows_the_head_not_the_jaw(head, avatars)
 
 
 def test_beard_follows_the_jaw(head):
-    with_beard = make_procedural_avatar(5, head, hair_style="bald", beard=True, density=DENSITY)
+    with_beard = make_procedural_avatar(5, head, hair_style="bald", beard=True, beard_style="full", density=DENSITY)
     without = make_procedural_avatar(5, head, hair_style="bald", beard=False, density=DENSITY)
     n_beard = len(with_beard.gaussians.means) - len(without.gaussians.means)
     assert n_beard > 200
@@ -101,3 +112,98 @@ def test_bad_options(head):
         make_procedural_avatar(0, head, hair_style="mohawk")
     with pytest.raises(ValueError, match="density"):
         make_procedural_avatar(0, head, density=0)
+    with pytest.raises(ValueError, match="beard style"):
+        make_procedural_avatar(0, head, beard=True, beard_style="mutton")
+
+
+def _colors(avatar) -> np.ndarray:
+    return avatar.gaussians.colors()
+
+
+@pytest.mark.parametrize("style", BEARD_STYLES)
+def test_beard_styles_differ_in_extent(head, style):
+    bald = make_procedural_avatar(5, head, hair_style="bald", beard=False, density=DENSITY)
+    bearded = make_procedural_avatar(5, head, hair_style="bald", beard=True, beard_style=style, density=DENSITY)
+    n = len(bearded.gaussians.means) - len(bald.gaussians.means)
+    assert bearded.meta["beard_style"] == style and n > 30
+    beard = bearded.gaussians.means[-n:]
+    from pointillist.head import mediapipe_topology as mpt
+    from pointillist.train.dataset import subject_landmarks
+
+    lm = subject_landmarks(head, bearded.identity.shape)
+    assert beard[:, 1].max() < lm[mpt.NOSE_TIP, 1]  # below the nose, always
+    x_extent = np.ptp(beard[:, 0])
+    if style in ("full", "stubble"):
+        assert x_extent > 0.08  # ear to ear
+    else:
+        assert x_extent < 0.07  # around the mouth only
+    if style == "stubble":  # short, flat and faint
+        assert np.exp(bearded.gaussians.log_scales[-n:, 0]).max() < 0.0011
+        assert (1 / (1 + np.exp(-bearded.gaussians.opacity_logits[-n:]))).max() < 0.5
+
+
+def test_glasses_are_rigid_with_the_head(head):
+    plain = make_procedural_avatar(8, head, hair_style="bald", beard=False, glasses=False, density=DENSITY)
+    avatar = make_procedural_avatar(8, head, hair_style="bald", beard=False, glasses=True, density=DENSITY)
+    n = len(avatar.gaussians.means) - len(plain.gaussians.means)
+    assert avatar.meta["glasses"] in ("round", "rectangular", "browline") and n > 200
+    validate_avatar(avatar, num_faces=head.num_faces, num_vertices=head.num_vertices)
+    glasses = slice(len(plain.gaussians.means), None)
+    animator = AvatarAnimator(avatar, head)
+    names = head.data.expr_names
+    expr = torch.zeros(len(names))
+    for name in ("eyeBlinkLeft", "browInnerUp", "browOuterUpRight", "noseSneerLeft", "mouthSmileLeft", "cheekPuff"):
+        expr[names.index(name)] = 1.0
+    pose = torch.zeros(5, 3)
+    pose[JOINT_NAMES.index("jaw"), 0] = 0.4
+    still = animator(expression=expr, pose=pose).means[0]
+    assert torch.allclose(still[glasses], animator.means[glasses], atol=1e-6)  # no blendshape or jaw bends the frame
+    assert not torch.allclose(still[:len(plain.gaussians.means)], animator.means[:len(plain.gaussians.means)])
+    pose[JOINT_NAMES.index("neck"), 1] = 0.3  # the neck turns the head: glasses follow it rigidly
+    turned = animator(pose=pose).means[0][glasses].numpy().astype(np.float64)
+    rest = animator.means[glasses].numpy().astype(np.float64)
+    d_rest = np.linalg.norm(rest[:50, None] - rest[None, :50], axis=2)
+    d_turned = np.linalg.norm(turned[:50, None] - turned[None, :50], axis=2)
+    assert np.abs(d_rest - d_turned).max() < 1e-5 and np.abs(turned - rest).max() > 0.01
+
+
+def test_lighting_is_baked_into_the_colours(head):
+    look = appearance_for_seed(21)
+    flat = dataclasses.replace(look, lighting=Lighting((0.0, 0.0, 1.0), 6500.0, 1.0, 0.0))
+    left = dataclasses.replace(look, lighting=Lighting((1.0, 0.0, 0.0), 6500.0, 0.5, 0.6))
+    a = make_procedural_avatar(21, head, hair_style="bald", beard=False, glasses=False, density=DENSITY, appearance=flat)
+    b = make_procedural_avatar(21, head, hair_style="bald", beard=False, glasses=False, density=DENSITY, appearance=left)
+    assert np.array_equal(a.gaussians.means, b.gaussians.means)  # the light changes colours only
+    with torch.no_grad():
+        verts = head.identity_vertices(torch.as_tensor(a.identity.shape)[None])[0].double().numpy()
+    tri = verts[head.data.faces[a.binding.triangles]]
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    expected = np.clip(_colors(a) * left.lighting.shade(n), 0, 1)
+    assert np.abs(_colors(b) - expected).max() < 1e-4
+    assert _colors(b)[n[:, 0] > 0.7].mean() > 1.3 * _colors(b)[n[:, 0] < -0.7].mean()  # the lit side is brighter
+
+
+def test_appearance_palettes():
+    light, deep = skin_color(0.0, 0.0), skin_color(1.0, 0.0)
+    assert light.mean() > 2.5 * deep.mean() and fitzpatrick_bin(0.0) == "I" and fitzpatrick_bin(1.0) == "VI"
+    assert skin_color(0.5, 1.0)[1] > skin_color(0.5, -1.0)[1]  # olive undertone is greener than pink
+    ramp = np.array([skin_color(t, 0.0).mean() for t in np.linspace(0, 1, 50)])
+    assert np.all(np.diff(ramp) < 0)  # a continuous, monotone tone axis
+    assert melanin_color(0.0).mean() > 5 * melanin_color(1.0).mean()
+    warm, cool = color_temperature_rgb(3200), color_temperature_rgb(7500)
+    assert warm[0] > warm[2] and cool[2] > cool[0]
+    a, b = appearance_for_seed(4), appearance_for_seed(4)
+    assert a == b and a.to_json()["fitzpatrick"] == a.fitzpatrick
+
+
+def test_every_new_style_changes_the_silhouette(head, avatars):
+    """The new styles are not re-labelled old ones: their hair volumes differ."""
+    def extent(style):
+        a = avatars[style]
+        return np.ptp(a.gaussians.means, axis=0)
+
+    assert extent("ponytail")[2] > extent("short")[2] + 0.02  # the tail hangs out behind
+    assert extent("afro")[0] > extent("short")[0] + 0.02  # volume out to the sides
+    assert extent("bob")[1] > extent("short")[1] and extent("long")[1] > extent("bob")[1]
+    assert len(avatars["buzz"].gaussians.means) < len(avatars["short"].gaussians.means) * 1.3

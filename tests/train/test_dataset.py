@@ -82,8 +82,11 @@ def test_tiny_build_writes_index_and_shards(tiny):
         plan = subject_plan(TINY, sid)
         meta = index.subjects[sid]
         assert (rec.subject_id, rec.style, rec.beard, rec.split) == (sid, plan.style, plan.beard, plan.split)
-        assert meta == {"split": rec.split, "style": rec.style, "beard": rec.beard,
-                        "num_gaussians": rec.num_gaussians, "num_ar_points": rec.num_ar_points}
+        assert meta == {k: v for k, v in rec.meta().items() if k != "id"}
+        assert {"split", "style", "beard", "num_gaussians", "num_ar_points", "beard_style", "glasses", "fitzpatrick",
+                "expression_magnitude", "jaw_deg"} <= set(meta)
+        assert rec.expressions.shape == (2, 42) and rec.poses.shape == (2, 5, 3)
+        assert not rec.is_posed(1) and meta["expression_preset"] == rec.attributes["expression_preset"]
         N, P = rec.num_gaussians, rec.num_ar_points
         expected = {"shape": ((26,), np.float32), "means": ((N, 3), np.float32), "log_scales": ((N, 3), np.float32),
                     "quats": ((N, 4), np.float32), "opacity_logits": ((N,), np.float32), "sh_dc": ((N, 3), np.float32),
@@ -95,7 +98,9 @@ def test_tiny_build_writes_index_and_shards(tiny):
             assert arr.shape == shape and arr.dtype == dtype, name
             assert np.all(np.isfinite(arr)), name
         # the stored subject is exactly the procedural avatar of seed + id
-        avatar = make_procedural_avatar(TINY.seed + sid, hair_style=plan.style, beard=plan.beard, density=TINY.density)
+        avatar = make_procedural_avatar(TINY.seed + sid, hair_style=plan.style, beard=plan.beard, density=TINY.density,
+                                        beard_style=plan.beard_style if plan.beard else None, glasses=plan.glasses,
+                                        appearance=plan.appearance)
         assert np.array_equal(rec.means, avatar.gaussians.means) and np.array_equal(rec.sh_dc, avatar.gaussians.sh_dc)
         assert np.array_equal(rec.binding, avatar.binding.triangles) and np.array_equal(rec.shape, avatar.identity.shape)
         assert 0 < P < N
@@ -189,8 +194,9 @@ def test_split_rule_fixed_by_subject_id(tiny):
 def test_styles_balanced_and_beards_seeded():
     config = DatasetConfig(subjects=1000)
     plans = [subject_plan(config, i) for i in range(1000)]
-    for b in range(0, 1000, 5):  # every block of five holds every style once
-        assert sorted(p.style for p in plans[b:b + 5]) == sorted(SYNTH_STYLES)
+    n = len(SYNTH_STYLES)
+    for b in range(0, 1000, n):  # every block of len(SYNTH_STYLES) holds every style once
+        assert sorted(p.style for p in plans[b:b + n]) == sorted(SYNTH_STYLES)
     assert 0.25 < np.mean([p.beard for p in plans]) < 0.35
     heldout_styles = {p.style for p in plans if p.split == "heldout"}
     assert heldout_styles == set(SYNTH_STYLES)  # the held-out slot is not tied to one style
@@ -224,11 +230,17 @@ def test_ar_points_grow_with_hair(head):
 
 # ------------------------------------------------------------------------------------------- cameras
 def test_stored_cameras_reproduce_the_portrait_crop(tiny, head):
+    posed_seen = 0
     for sid in read_subjects(tiny, "all"):
         rec = load_subject(tiny, sid)
-        lm = subject_landmarks(head, rec.shape)
+        rest = subject_landmarks(head, rec.shape)
         S = rec.images.shape[1]
         for v in range(rec.num_views):
+            # a posed view is framed on the *posed* landmarks, exactly as a rest view on the rest ones
+            lm = ds.posed_landmarks(head, rec.shape, rec.expressions[v], rec.poses[v]) if rec.is_posed(v) else rest
+            if rec.is_posed(v):
+                posed_seen += 1
+                assert np.abs(lm - rest).max() > 1e-3  # the pose really moved the face
             uv, z = project_points(lm, rec.viewmats[v], rec.Ks[v])
             assert np.all(z > 0.1)
             # The crop rule applied to the stored view is the identity: eyes levelled at (50 %, 42 %),
@@ -238,6 +250,7 @@ def test_stored_cameras_reproduce_the_portrait_crop(tiny, head):
             assert np.allclose(again[:, 2], 0.0, atol=0.02), again
             R = rec.viewmats[v][:3, :3].astype(np.float64)
             assert np.allclose(R @ R.T, np.eye(3), atol=1e-5) and np.linalg.det(R) > 0
+    assert posed_seen >= 1  # TINY's four subjects include posed portraits (expression_rate 0.8)
 
 
 def test_aligned_camera_equals_cropping_the_source_photo(head):
@@ -261,9 +274,23 @@ def test_aligned_camera_equals_cropping_the_source_photo(head):
             assert np.allclose(a, crop.apply(b) * size / 512, atol=1e-6)
 
 
-def test_face_gaussians_project_inside_the_mask(head):
-    config = DatasetConfig(views=3, image_size=96, density=0.5)
+def test_face_gaussians_project_inside_the_mask_and_lighting_is_baked(head):
+    """The stored Gaussians (animated with a view's stored controls) rasterize to the stored pixels."""
+    from pointillist.avatar.animate import AvatarAnimator
+    from pointillist.avatar.binding import closest_point_barycentrics
+    from pointillist.avatar.gaussians import Avatar, Binding, Gaussians, HeadIdentity
+
+    config = DatasetConfig(views=2, image_size=96, density=0.4, expression_rate=1.0)
     rec = ds.make_subject(config, 2)
+    assert rec.is_posed(0) and not rec.is_posed(1)
+    # barycentrics are not stored: recover them as the synthesiser made them (closest point on the bound triangle)
+    with torch.no_grad():
+        verts = head.identity_vertices(torch.as_tensor(rec.shape)[None])[0].double().numpy()
+    bary = closest_point_barycentrics(rec.means, verts[head.data.faces[rec.binding]]).astype(np.float32)
+    avatar = Avatar(Gaussians(rec.means, rec.log_scales, rec.quats, rec.opacity_logits, rec.sh_dc,
+                              np.zeros((rec.num_gaussians, 0, 3), np.float32)),
+                    Binding(rec.binding.astype(np.int64), bary), HeadIdentity(head.model_id, rec.shape, None), {})
+    animator = AvatarAnimator(avatar, head)
     data = head.data
     face_regions = [data.region_names.index(n) for n in ("nose", "cheeks", "forehead", "mouth")]
     face_tris = np.isin(data.vertex_regions[data.faces], face_regions).all(1)
@@ -271,7 +298,11 @@ def test_face_gaussians_project_inside_the_mask(head):
     pick = face_tris[rec.binding] & opaque
     assert pick.sum() > 200
     for v in range(rec.num_views):
-        uv, _ = project_points(rec.means[pick], rec.viewmats[v], rec.Ks[v])
+        posed = animator(expression=rec.expressions[v], pose=rec.poses[v])
+        means, quats = posed.means[0], posed.quats[0]
+        if v > 0:
+            assert torch.equal(means, torch.as_tensor(rec.means))  # rest views: the canonical Gaussians as stored
+        uv, _ = project_points(means.numpy()[pick], rec.viewmats[v], rec.Ks[v])
         px = np.floor(uv).astype(int)
         inside = (px >= 0).all(1) & (px < 96).all(1)
         assert inside.mean() > 0.99
@@ -279,10 +310,9 @@ def test_face_gaussians_project_inside_the_mask(head):
         assert hit.mean() > 0.98, (v, hit.mean())
         m = rec.masks[v]
         assert 0.1 < (m > 128).mean() < 0.8  # a head, and background around it
-        bg = m == 0
-        assert bg.any() and rec.images[v][bg].std() < 80  # background is a solid colour or a smooth gradient
-        # the pixels are the rasterizer's view through exactly the stored camera
-        out = rasterize(torch.as_tensor(rec.means), torch.as_tensor(rec.quats), torch.as_tensor(rec.log_scales).exp(),
+        assert (m == 0).any()
+        # the pixels are the rasterizer's view through exactly the stored camera, with the stored (lit) colours
+        out = rasterize(means, quats, torch.as_tensor(rec.log_scales).exp(),
                         torch.sigmoid(torch.as_tensor(rec.opacity_logits)),
                         (0.5 + ds.SH_C0 * torch.as_tensor(rec.sh_dc)).clamp_min(0.0), backend="torch",
                         viewmat=torch.as_tensor(rec.viewmats[v]), K=torch.as_tensor(rec.Ks[v]), width=96, height=96)
@@ -351,6 +381,12 @@ def test_bad_index_raises_dataset_error(tiny, tmp_path):
 def test_contact_sheet(tiny, tmp_path):
     sheet = ds.contact_sheet(tiny, n=4)
     assert sheet.shape == (128, 128, 3) and sheet.dtype == np.uint8
+    assert np.array_equal(ds.contact_sheet(tiny, n=4, label=False)[:64, 64:], load_subject(tiny, 1).images[0])
+    picked = ds.contact_sheet(tiny, n=2, random=True, seed=3, label=False)
+    assert picked.shape == (64, 128, 3)
+    assert np.array_equal(picked, ds.contact_sheet(tiny, n=2, random=True, seed=3, label=False))  # seeded
+    tiles = {sid: load_subject(tiny, sid).images[0] for sid in range(4)}
+    assert any(np.array_equal(picked[:, :64], t) for t in tiles.values())
     Image.fromarray(sheet).save(tmp_path / "sheet.png")
     assert ds.contact_sheet(tiny, n=3, view=1).shape == (128, 128, 3)
     with pytest.raises(DatasetError, match="view"):
@@ -422,3 +458,127 @@ def test_a_second_concurrent_build_is_refused(tiny, tmp_path):
         with pytest.raises(DatasetError, match="another"):
             build_dataset(root, TINY)
     assert build_dataset(root, TINY).kept_shards == 2  # released: builds again
+
+
+# ------------------------------------------------------------------------------------------- engine v2
+def test_plan_variety_covers_the_ranges():
+    """Cheap draws of 3000 plans: skin bins, hair colours, beard styles, glasses, posing all covered."""
+    from pointillist.synth.appearance import BEARD_STYLES, FITZPATRICK, HAIR_COLOR_NAMES
+
+    config = DatasetConfig(subjects=3000)
+    plans = [subject_plan(config, i) for i in range(3000)]
+    looks = [p.appearance for p in plans]
+    bins = [a.fitzpatrick for a in looks]
+    assert all(0.12 < bins.count(b) / len(bins) < 0.22 for b in FITZPATRICK), {b: bins.count(b) for b in FITZPATRICK}
+    tones = np.array([a.skin_tone for a in looks])
+    assert tones.min() < 0.01 and tones.max() > 0.99 and len(np.unique(np.round(tones, 3))) > 900  # continuous
+    hair = [a.hair_color for a in looks]
+    assert all(hair.count(h) >= 30 for h in HAIR_COLOR_NAMES), {h: hair.count(h) for h in HAIR_COLOR_NAMES}
+    # darker skin draws black hair more often than the lightest skin
+    assert np.mean([h == "black" for h, t in zip(hair, tones) if t > 0.8]) > 2 * np.mean([h == "black" for h, t in zip(hair, tones) if t < 0.2])
+    beards = [p.beard_style for p in plans if p.beard]
+    assert all(beards.count(b) >= 40 for b in BEARD_STYLES) and all(p.beard_style == "none" for p in plans if not p.beard)
+    assert 0.12 < np.mean([p.glasses for p in plans]) < 0.18
+    assert 0.77 < np.mean([p.posed for p in plans]) < 0.83
+    assert len({a.glasses for a in looks}) == 3 and np.ptp([a.brow_thickness for a in looks]) > 0.7
+    assert np.ptp([a.lighting.kelvin for a in looks]) > 4000 and min(a.lighting.direction[0] for a in looks) < -0.8
+    # the portrait controls: every preset occurs, the jaw opens up to ~20 deg, the neck stays within ± neck_deg
+    from pointillist.synth.expressions import PRESET_NAMES
+
+    from pointillist.head.model import HeadModel
+
+    names = list(HeadModel.load().data.expr_names)
+    controls = [ds.plan_controls(config, p, names) for p in plans[:1500]]
+    presets = [c.preset for c in controls]
+    assert set(presets) == set(PRESET_NAMES) | {"rest"}
+    jaw = np.array([c.jaw_deg for c in controls])
+    assert jaw.max() > 17 and (jaw == 0).mean() > 0.15
+    neck = np.array([np.abs(np.degrees(c.pose[1])).max() for c in controls])
+    assert neck.max() <= config.neck_deg + 1e-4 and neck.max() > 0.8 * config.neck_deg
+    mags = np.array([c.expression_magnitude for c in controls])
+    assert mags.max() > 1.0 and np.all(np.isfinite(mags))
+
+
+def test_same_seed_same_subject_other_seed_other_look():
+    a, b = subject_plan(TINY, 2), subject_plan(TINY, 2)
+    assert a == b
+    other = subject_plan(DatasetConfig(**{**TINY.to_json(), "seed": 9}), 2)
+    assert other.appearance != a.appearance
+
+
+def _as_v1(src: Path, dst: Path) -> None:
+    """Rewrite a v2 folder as the v1 engine wrote it: no v2 shard members, base meta only, generator 1."""
+    dst.mkdir()
+    index = json.loads((src / "index.json").read_text())
+    for entry in index["shards"]:
+        with np.load(src / entry["file"], allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files if k not in ("expressions", "poses", "beard_styles", "attributes")}
+        buf = __import__("io").BytesIO()
+        np.savez(buf, **arrays)
+        (dst / entry["file"]).write_bytes(buf.getvalue())
+        entry["bytes"] = len(buf.getvalue())
+        entry["sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    index["generator_version"] = 1
+    index["subjects"] = [{k: s[k] for k in ("id", "split", "style", "beard", "num_gaussians", "num_ar_points")} for s in index["subjects"]]
+    (dst / "index.json").write_text(json.dumps(index))
+
+
+def test_v1_datasets_still_load_and_are_not_resumed_by_v2(tiny, tmp_path):
+    v1 = tmp_path / "v1"
+    _as_v1(tiny, v1)
+    rec = load_subject(v1, 1, verify=True)
+    new = load_subject(tiny, 1)
+    assert np.array_equal(rec.images, new.images) and np.array_equal(rec.means, new.means)
+    assert rec.expressions.shape == (2, 0) and not rec.poses.any() and rec.beard_style == "" and rec.attributes == {}
+    assert not rec.is_posed(0) and rec.meta() == {"id": 1, "split": rec.split, "style": rec.style, "beard": rec.beard,
+                                                  "num_gaussians": rec.num_gaussians, "num_ar_points": rec.num_ar_points}
+    card = ds.dataset_card(v1)
+    assert card["subjects"] == 4 and card["generator_version"] == 1 and "skin_tones" not in card
+    assert "| style |" in ds.card_markdown(card)
+    assert ds.contact_sheet(v1, n=4).shape == (128, 128, 3)
+    with pytest.raises(DatasetError, match=r"generator_version \(1 in the index, 2 here\)"):
+        build_dataset(v1, TINY)
+
+
+def test_the_stored_v1_dataset_loads():
+    root = Path("/work/data/synth")
+    if not (root / "index.json").exists():
+        pytest.skip("no v1 dataset on this machine")
+    index = DatasetIndex.load(root)
+    rec = load_subject(root, index.subject_ids()[0])
+    assert rec.poses.shape == (rec.num_views, 5, 3) and rec.attributes == {}
+
+
+def test_card_counts_match_the_index(tiny):
+    card = ds.dataset_card(tiny)
+    subs = json.loads((tiny / "index.json").read_text())["subjects"]
+    for key, field in (("beard_styles", "beard_style"), ("skin_tones", "fitzpatrick"), ("hair_colors", "hair_color"),
+                       ("expression_presets", "expression_preset")):
+        expect = {}
+        for s in subs:
+            expect[s[field]] = expect.get(s[field], 0) + 1
+        assert card[key] == expect, key
+    assert card["glasses"] == {g or "none": sum((s["glasses"] or "none") == (g or "none") for s in subs) for g in {s["glasses"] for s in subs}}
+    mags = [s["expression_magnitude"] for s in subs]
+    assert card["expression_magnitude"] == {"min": round(min(mags), 3), "mean": round(float(np.mean(mags)), 3), "max": round(max(mags), 3)}
+    assert card["jaw_deg"]["max"] == round(max(s["jaw_deg"] for s in subs), 2)
+    assert card["ar_points"]["max"] == max(s["num_ar_points"] for s in subs)
+    text = ds.card_markdown(card)
+    for title in ("| beard style |", "| skin tone (Fitzpatrick-like) |", "| glasses |", "| portrait control |", "jaw opening"):
+        assert title in text
+
+
+def test_cli_contact_sheet_random_and_synth(tiny, tmp_path, capsys):
+    out = tmp_path / "r.png"
+    args = _parser().parse_args(["dataset", "contact-sheet", str(tiny), "-n", "3", "--random", "--seed", "2", "-o", str(out)])
+    args.func(args)
+    assert Image.open(out).size == (128, 128) and Image.open(out).format == "PNG"
+    out = tmp_path / "s.png"
+    args = _parser().parse_args(["dataset", "contact-sheet", "--synth", "-n", "2", "--image-size", "32", "-o", str(out)])
+    args.func(args)
+    img = Image.open(out)
+    assert img.size == (64, 32) and img.mode == "RGB"
+    assert np.asarray(img).std() > 10  # not blank
+    with pytest.raises(DatasetError, match="--synth"):
+        args = _parser().parse_args(["dataset", "contact-sheet", "-o", str(out)])
+        args.func(args)

@@ -1,32 +1,54 @@
 """The sharded synthetic training set: procedural avatars, their AR point targets and aligned renders.
 
-Subject ``i`` is ``make_procedural_avatar(seed=config.seed + i)`` on the bundled head template, with a
-hair style from a seeded permutation of ``SYNTH_STYLES`` per block of five subjects (every style exactly
-once per block, so all are equally represented) and a beard with probability ``beard_rate``. Its split
-is fixed by its id alone (``heldout`` iff ``i % heldout_every == heldout_every - 1``), and everything
-about it comes from seeded generators keyed by ``(seed, i)``: growing a dataset appends subjects and
-never changes or moves an existing one.
+Subject ``i`` is ``make_procedural_avatar(seed=config.seed + i)`` (engine v2, ``GENERATOR_VERSION`` 2) on
+the bundled head template, with everything decided up front by `subject_plan` from seeded generators
+keyed by ``(seed, i)``: a hair style from a seeded permutation of ``SYNTH_STYLES`` per block of
+``len(SYNTH_STYLES)`` subjects (every style exactly once per block), a beard with probability
+``beard_rate`` (its style from the appearance), glasses with probability ``glasses_rate``, the
+appearance (skin tone, hair colour, brows, eyes, key light; `synth.appearance`) and whether the portrait
+is posed (probability ``expression_rate``). Its split is fixed by its id alone (``heldout`` iff
+``i % heldout_every == heldout_every - 1``): growing a dataset appends subjects and never changes or
+moves an existing one.
 
 Per subject we store the canonical Gaussians (no ``sh_rest``), the identity shape, the AR targets (a
 voxel-grid subsample of the opaque Gaussian means, one representative per occupied voxel: the Gaussian
 nearest the mean of that voxel's Gaussians, sorted by voxel (y, z, x) like the tokenizer) and ``views``
-neutral-expression renders with their cameras. The renders are framed exactly as the portrait pipeline
-frames a photo for the image encoder: a random source camera (yaw / pitch / roll / fov, distance from the
-fov so the face fills 30-55 % of the source frame) sees the subject's true landmarks,
+renders with their cameras. The renders are framed exactly as the portrait pipeline frames a photo for
+the image encoder: a random source camera (yaw / pitch / roll, a focal length log-uniform between
+``fov_max_deg`` and ``fov_min_deg`` -- 35-135 mm-equivalent by default --, distance from the fov so the
+face fills 30-55 % of the source frame) sees the subject's true landmarks *in that view's pose*,
 ``preprocess.align.crop_transform`` gives the 512² similarity crop from them, and that crop is folded
 into the camera (its rotation into the viewmat as a roll about the optical axis, its scale and shift
 into K, then scaled to ``image_size``). We render once, directly with that camera, at the final size: no
-resampling, and ``viewmat``/``K`` project canonical means onto the stored pixels exactly (pixel edges at
-integers, pixel (i, j) centred at (j + 0.5, i + 0.5), as in ``render.camera`` and ``preprocess.align``).
-The crop levels the eyes, so the source roll is undone as in the real pipeline; the fov survives as
-perspective strength. Neutral expression and zero pose is the rest pose, where ``AvatarAnimator`` returns
-the canonical Gaussians unchanged, so they are rasterized as stored.
+resampling, and ``viewmat``/``K`` project the view's (posed) means onto the stored pixels exactly (pixel
+edges at integers, pixel (i, j) centred at (j + 0.5, i + 0.5), as in ``render.camera`` and
+``preprocess.align``). The crop levels the eyes, so the source roll is undone as in the real pipeline;
+the fov survives as perspective strength.
+
+Pose contract (v2). ``expressions[v]`` (E coefficients, head-model order) and ``poses[v]`` ((5, 3)
+axis-angles of root, neck, jaw, left_eye, right_eye) are the controls view ``v`` was rendered with.
+View 0 (the portrait) of a posed subject carries a random expression preset, jaw opening, slight neck
+rotation and gaze (`synth.expressions`); all other views, and view 0 of unposed subjects, are at the
+rest pose (all zeros), where ``AvatarAnimator`` returns the canonical Gaussians unchanged. To compare a
+stored view with Gaussians, animate the canonical Gaussians with that view's controls
+(``AvatarAnimator(avatar, head)(expressions[v], poses[v])``) and rasterize with ``viewmats[v]``/``Ks[v]``:
+that reproduces the stored image. The cameras and landmarks of a posed view are those of the posed head.
+
+Lighting is baked: the appearance's key light (direction, colour temperature, key/ambient) is multiplied
+into the Gaussian colours (``sh_dc``) when the avatar is built, so the stored Gaussians are exactly what
+every view shows (in any pose the shading moves with the head). Backgrounds (solid, gradient, smooth
+noise, blurred blobs, optional vignette; `synth.backgrounds`) are composited under the alpha.
 
 On disk: ``shard-00000.npz`` ... (``np.savez``, loadable with ``allow_pickle=False``; per-subject
 variable-length arrays concatenated with ``*_offsets``), each written atomically, and ``index.json``
-(format, config, per shard: file, subject ids, size, sha256; per subject: split, style, beard, counts),
-rewritten atomically after every shard. Readers memory-map the stored (uncompressed) members, so one
-subject is read without loading its whole shard.
+(format, config, per shard: file, subject ids, size, sha256; per subject: split, style, beard, counts and,
+from v2, beard style, glasses, skin tone / bin, hair and eye colour, expression preset, expression
+magnitude, jaw and neck angles -- all the dataset card reads), rewritten atomically after every shard.
+v2 shards add the members ``expressions``, ``poses``, ``beard_styles`` and ``attributes`` (JSON text);
+v1 shards lack them and read back as rest pose everywhere (``expressions`` (V, 0), ``poses`` zeros),
+``beard_style`` "" and ``attributes`` {}. Readers memory-map the stored (uncompressed) members, so one
+subject is read without loading its whole shard. Resuming or growing a folder built by another
+generator version is refused.
 """
 
 from __future__ import annotations
