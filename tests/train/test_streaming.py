@@ -280,3 +280,25 @@ def test_unreachable_host_fails_after_bounded_retries(tiny, tmp_path):
     store = ShardStore(None, ["http://127.0.0.1:9/none"], cache_dir=tmp_path / "c", retries=2, backoff=0.0, timeout=2)
     with pytest.raises(ShardFetchError, match=r"shard-00000\.npz.*ConnectionError.*after 2 attempt"):
         store.path(DatasetIndex.load(tiny).shards[0])
+
+
+def test_the_next_shard_is_fetched_in_the_background(fake):
+    ds = StreamingSubjects(fake, shuffle=False, prefetch=1)
+    calls = []
+    inner = ds.store.path
+
+    def logged(entry):
+        calls.append((entry["file"], threading.current_thread().name.startswith("shard-prefetch")))
+        return inner(entry)
+
+    ds.store.path = logged
+    it = iter(ds)
+    first = next(it)
+    assert first.subject_id == 0
+    for _ in range(100):  # the prefetch thread runs concurrently; give it a moment
+        if len(calls) == 2:
+            break
+        threading.Event().wait(0.01)
+    assert calls == [("shard-00000.npz", False), ("shard-00001.npz", True)]
+    assert [r.subject_id for r in it] == [sid for sid in _train_ids(fake) if sid != 0]
+    assert sum(1 for name, _ in calls if name == "shard-00001.npz") == 1  # fetched once, then used
