@@ -122,10 +122,10 @@ class ShardStore:
         if index_root is not None and not _is_url(str(index_root)):
             self.roots.append(Path(index_root))
         for r in roots:
-            self.roots.append(str(r) if _is_url(str(r)) else Path(r))
+            self.roots.append(str(r) if _is_url(str(r)) else Path(r).expanduser())
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 1:
             raise DatasetError(f"retries must be an integer >= 1, got {retries!r}")
-        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
         if self.cache_dir is None and any(isinstance(r, str) for r in self.roots):
             raise DatasetError("shards from an http(s) root need a cache folder (cache_dir / --shard-cache)")
         self.verify_local = verify_local
@@ -258,7 +258,7 @@ def fetch_index(url: str, cache_dir: str | os.PathLike, timeout: float = 60.0) -
 
     from ..atomic import atomic_write
 
-    cache = Path(cache_dir)
+    cache = Path(cache_dir).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
     src = _url_join(url, INDEX_NAME)
     try:
