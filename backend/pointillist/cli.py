@@ -194,15 +194,26 @@ def cmd_compare(args) -> None:
 
 def cmd_train(args) -> None:
     from .model.config import MODEL_PRESETS
+    from .train.distributed import DistContext
     from .train.train_generator import TrainConfig, Trainer
 
     torch_threads(args.threads)
     config = TrainConfig(stage=args.stage, data=args.data, output=args.output, init=args.init, steps=args.steps,
-                         batch_size=args.batch_size, lr=args.lr, seed=args.seed, save_every=args.save_every,
+                         batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr, warmup=args.warmup, seed=args.seed,
+                         save_every=args.save_every, log_every=args.log_every, sample_every=args.sample_every,
                          render_size=args.render_size, dinov2_weights=args.dinov2_weights,
-                         head_dropout=args.head_dropout, model=MODEL_PRESETS[args.model_size])
-    Trainer(config, head=_load_head(args.head), log=lambda line: print(line, file=sys.stderr, flush=True)).run()
-    print(json.dumps({"checkpoint": args.output}))
+                         head_dropout=args.head_dropout, ar_weight=args.ar_weight, decoder_weight=args.decoder_weight,
+                         precision=args.precision, device=args.device, tensorboard=args.tensorboard,
+                         dist_timeout_s=args.dist_timeout, model=MODEL_PRESETS[args.model_size])
+    # under torchrun this joins the process group (gloo on CPU, NCCL on CUDA); alone it is one process
+    dist = DistContext.from_env(config.device, config.dist_timeout_s)
+    try:
+        log = (lambda line: print(line, file=sys.stderr, flush=True)) if dist.is_main else (lambda line: None)
+        Trainer(config, head=_load_head(args.head), log=log, dist=dist).run()
+    finally:
+        dist.close()
+    if dist.is_main:
+        print(json.dumps({"checkpoint": args.output}))
 
 
 def cmd_serve(args) -> None:
@@ -486,21 +497,36 @@ def build_parser() -> argparse.ArgumentParser:
     head_option(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("train", help="train the generator: `encoder` (image encoder pre-training), `ar`, then `decoder` (resumes where it stopped)")
-    p.add_argument("stage", choices=["encoder", "ar", "decoder"])
+    p = sub.add_parser("train", help="train the generator: `encoder` (image encoder pre-training), `ar`, then `decoder` or "
+                                     "`joint` (resumes where it stopped; runs under torchrun for DDP)")
+    p.add_argument("stage", choices=["encoder", "ar", "decoder", "joint"])
     p.add_argument("--data", required=True, metavar="DIR", help="a dataset from `pointillist dataset build`")
-    p.add_argument("-o", "--output", required=True, metavar="SAFETENSORS", help="checkpoint; its .train/.log.csv sidecars sit beside it")
+    p.add_argument("-o", "--output", required=True, metavar="SAFETENSORS", help="checkpoint; its .train/.log.csv/.tb/.samples sidecars sit beside it")
     p.add_argument("--init", metavar="SAFETENSORS", help="start from this checkpoint (the decoder stage needs the AR one)")
     p.add_argument("--model-size", choices=["tiny", "cpu", "base"], default="cpu")
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4, help="subjects per process and micro-batch")
+    p.add_argument("--accumulate", type=int, default=1, metavar="N",
+                   help="micro-batches per optimizer step (effective batch = batch size x N x processes)")
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup", type=int, default=50, metavar="STEPS", help="linear learning-rate warm-up, then cosine decay to lr/10")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=50)
-    p.add_argument("--render-size", type=int, default=64, help="decoder stage: training render size (pixels)")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--sample-every", type=int, default=0, metavar="N",
+                   help="every N steps write <output>.samples/step_N.png: a held-out subject's view | its decoded avatar")
+    p.add_argument("--render-size", type=int, default=64, help="decoder/joint stage: training render size (pixels)")
+    p.add_argument("--ar-weight", type=float, default=1.0, help="joint stage: weight of the AR cross-entropy")
+    p.add_argument("--decoder-weight", type=float, default=1.0, help="joint stage: weight of the decoder loss")
     p.add_argument("--head-dropout", type=float, default=0.0, metavar="P",
-                   help="ar stage: hide the fitted head's tokens from a sample with probability P, so the "
+                   help="ar/joint stage: hide the fitted head's tokens from a sample with probability P, so the "
                         "transformer learns to read the portrait")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: bf16 autocast on a CUDA GPU that supports it, fp32 on CPU; fp16 uses a loss scaler")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available (GPU LOCAL_RANK under torchrun)")
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="CSV log only, no <output>.tb/ event files")
+    p.add_argument("--dist-timeout", type=float, default=600.0, metavar="S",
+                   help="under torchrun: fail instead of waiting longer than S seconds for another rank")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--dinov2-weights", metavar="PTH", help="Meta's DINOv2 ViT-S/B/L 14 weights: start the image encoder from them, frozen")
     head_option(p)

@@ -171,8 +171,8 @@ def test_head_dropout_hides_the_fitted_head_from_the_ar_loss(data, tmp_path):
     trainer.conditioning_inputs = real
 
     def loss() -> float:
-        trainer.rng = np.random.default_rng(0)  # the same token window every call
-        return float(trainer.ar_loss(records))
+        rngs = [np.random.default_rng(0)]  # the same token window every call
+        return float(trainer.ar_loss(records, rngs))
 
     with torch.no_grad():
         hidden = [loss() for _ in range(2)]
@@ -186,3 +186,212 @@ def test_head_dropout_hides_the_fitted_head_from_the_ar_loss(data, tmp_path):
     assert abs(seen - seen_shifted) > 1e-4
     with pytest.raises(ValueError, match="head_dropout"):
         TrainConfig(stage="ar", data=str(data), output=str(tmp_path / "x.safetensors"), head_dropout=1.5)
+
+
+
+# ---------------------------------------------------------------------------------- training at scale
+def _weights(path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+def test_gradient_accumulation_matches_the_larger_batch(data, tmp_path):
+    """batch 1 × accumulate 2 makes the update batch 2 makes: per-sample mean losses, same samples."""
+    big = _train(data, tmp_path / "big.safetensors", "ar", 2, lr=3e-3)
+    acc = _train(data, tmp_path / "acc.safetensors", "ar", 2, lr=3e-3, batch_size=1, accumulate=2)
+    assert [r["effective_batch"] for r in acc.history] == [2, 2]
+    for key in ("loss", "grad_norm"):
+        assert [r[key] for r in acc.history] == pytest.approx([r[key] for r in big.history], rel=1e-4)
+    init = _weights(_fresh(data, tmp_path))
+    assert _max_diff(_weights(tmp_path / "big.safetensors"), init) > 1e-3
+    assert _max_diff(_weights(tmp_path / "acc.safetensors"), _weights(tmp_path / "big.safetensors")) < 1e-4
+
+
+def _fresh(data, tmp_path):
+    from pointillist.model.checkpoint import save_generator
+    from pointillist.model.config import MODEL_PRESETS
+
+    out = tmp_path / "fresh.safetensors"
+    t = Trainer(TrainConfig(stage="ar", data=str(data), output=str(tmp_path / "unused.safetensors"), model=MODEL_PRESETS["tiny"]),
+                log=lambda line: None)
+    save_generator(out, t.model)
+    return out
+
+
+@pytest.mark.slow
+def test_every_trainable_parameter_gets_a_gradient_in_each_stage(data, tmp_path):
+    """DDP runs with find_unused_parameters=False: that is only valid if each stage's forward reaches
+    every parameter the optimizer trains (unused ones, like DINOv2's mask token, are frozen)."""
+    import torch
+
+    ar = tmp_path / "ar.safetensors"
+    _train(data, ar, "ar", 1)
+    for stage in ("ar", "decoder", "joint"):
+        t = _train(data, tmp_path / f"{stage}.safetensors", stage, 0 + 1, init=str(ar), lr=0.0)
+        t.optimizer.zero_grad(set_to_none=True)
+        loss, _ = t.batch_loss(t.micro_batches(0)[0])
+        loss.backward()
+        missing = [n for n, p in t.model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing, (stage, missing[:5])
+        assert not t.model.image_encoder.mask_token.requires_grad
+        trained = {n.split(".")[0] for n, p in t.model.named_parameters() if p.requires_grad}
+        expected = {"decoder"} if stage == "decoder" else {"source_emb", "point_encoder", "image_proj", "point_proj", "ar", "image_encoder"}
+        if stage == "joint":
+            expected.add("decoder")
+        assert trained == expected, stage
+        assert all(torch.isfinite(p.grad).all() for p in t.model.parameters() if p.grad is not None)
+
+
+@pytest.mark.slow
+def test_joint_stage_sends_the_decoder_loss_into_the_transformer_and_resumes(data, tmp_path):
+    import torch
+
+    ar = tmp_path / "ar.safetensors"
+    _train(data, ar, "ar", 2)
+    out = tmp_path / "joint.safetensors"
+    # decoder loss alone: the AR blocks must still receive gradient (through the hidden states)
+    t = Trainer(TrainConfig(stage="joint", data=str(data), output=str(out), init=str(ar), ar_weight=0.0, decoder_weight=1.0,
+                            batch_size=1, render_size=32, model={}), log=lambda line: None)
+    with torch.no_grad():  # past the decoder's zero-initialised output layer, which blocks all upstream gradient
+        t.model.decoder.out.weight.normal_(0, 0.01)
+    loss, stats = t.batch_loss(t.micro_batches(0)[0])
+    loss.backward()
+    block = t.model.ar.blocks[0]
+    assert float(block.ff.fc1.weight.grad.abs().sum()) > 0
+    assert loss.item() == pytest.approx(stats["decoder"], rel=1e-5) and stats["ar_ce"] > 1.0
+    # the default weights: CE + decoder loss; runs, logs both terms, and resumes as a joint run
+    first = _train(data, out, "joint", 2, init=str(ar), batch_size=1)
+    row = first.history[-1]
+    assert row["loss"] == pytest.approx(row["ar_ce"] + row["decoder"], rel=1e-4)
+    _, info = load_generator(out)
+    assert info["joint"]["step"] == 2 and info["ar"]["step"] == 2
+    resumed = _train(data, out, "joint", 3, init=str(ar), batch_size=1)
+    assert resumed.history[0]["step"] == 3
+    with pytest.raises(ValueError, match="cannot resume it as 'ar'"):
+        _train(data, out, "ar", 4)
+    with pytest.raises(ValueError, match="not both 0"):
+        TrainConfig(stage="joint", data=str(data), output=str(out), ar_weight=0.0, decoder_weight=0.0)
+
+
+def test_precision_modes_on_cpu_and_the_fp16_loss_scale_resumes(data, tmp_path):
+    import torch
+    from safetensors import safe_open
+
+    from pointillist.train.precision import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp8", torch.device("cpu"))
+    bf = _train(data, tmp_path / "bf16.safetensors", "ar", 1, precision="bf16")
+    assert bf.precision.mode == "bf16" and np.isfinite(bf.history[0]["loss"])
+    model, _ = load_generator(tmp_path / "bf16.safetensors")
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast never lowers the weights
+    out = tmp_path / "fp16.safetensors"
+    half = _train(data, out, "ar", 2, precision="fp16")
+    scale = half.precision.scaler.get_scale()
+    with safe_open(str(sidecar(out, ".train.safetensors")), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["precision"] == "fp16" and json.loads(meta["scaler"])["scale"] == scale
+    half.precision.scaler.update(scale / 8)  # a different value in memory: resuming must restore the saved one
+    resumed = Trainer(TrainConfig(stage="ar", data=str(data), output=str(out), steps=3, precision="fp16",
+                                  model={}), log=lambda line: None)
+    assert resumed.step == 2 and resumed.precision.scaler.get_scale() == scale
+
+
+def _read_events(folder) -> dict[str, list[tuple[int, float]]]:
+    """Scalars of TensorBoard event files (TFRecord framing: length, crc, Event proto, crc)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        raw = path.read_bytes()
+        i = 0
+        while i < len(raw):
+            (n,) = struct.unpack("<Q", raw[i:i + 8])
+            event = Event.FromString(raw[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            for v in event.summary.value:
+                if v.HasField("simple_value"):
+                    scalars.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return scalars
+
+
+def test_scalars_go_to_csv_and_tensorboard_and_a_resume_drops_unsaved_rows(data, tmp_path):
+    out = tmp_path / "ar.safetensors"
+    _train(data, out, "ar", 4, save_every=4)
+    events = _read_events(sidecar(out, ".tb"))
+    assert [s for s, _ in events["ar/loss"]] == [1, 2, 3, 4]
+    rows = list(csv.DictReader(open(sidecar(out, ".log.csv"))))
+    assert [float(r["loss"]) for r in rows] == pytest.approx([v for _, v in events["ar/loss"]], rel=1e-6)
+    assert "ar/grad_norm" in events and "ar/effective_batch" in events
+    # a run that logged steps 5-6 but stopped before saving them: resuming from step 4 logs them again
+    with open(sidecar(out, ".log.csv"), "a") as f:
+        f.write("ar,5,9.0,0.01,0.1,2,1.0\nar,6,9.0,0.01,0.1,2,1.0\n")
+    _train(data, out, "ar", 6, save_every=10)
+    steps = [int(r["step"]) for r in csv.DictReader(open(sidecar(out, ".log.csv")))]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_sample_renders_show_the_target_beside_the_decoded_avatar(data, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "ar.safetensors"  # an AR run's decoder is untrained: grey Gaussians, but where the head is
+    _train(data, out, "ar", 1, sample_every=1)
+    png = sidecar(out, ".samples") / "step_000001.png"
+    img = np.asarray(Image.open(png)).astype(float)
+    assert img.shape == (128, 260, 3)
+    target, render = img[:, :128], img[:, 132:]
+    for half in (target, render):  # a head on white: some pixels far from white, the corners white
+        assert (half.sum(-1) < 600).mean() > 0.05 and half[:4, :4].min() > 240
+    assert np.abs(target - render).mean() > 1  # two pictures, not one copied
+
+
+def test_gpu_written_state_loads_on_cpu(tmp_path, data):
+    """What a GPU run writes must load on a CPU. Resume state: safetensors stores no device, the writer
+    copies to the CPU and the reader asks for "cpu"; the optimizer moments then follow their parameters'
+    device (checked here with parameters on the 'meta' device, standing in for 'cuda'). DINOv2 `.pth`
+    files (pickled tensors tagged with their device): a file claiming CUDA storage loads on a CPU."""
+    import torch
+
+    from pointillist.train.train_generator import load_optimizer_state, optimizer_tensors, read_train_state
+
+    p = torch.nn.Parameter(torch.randn(3, 2))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    from safetensors.torch import save_file
+
+    save_file(optimizer_tensors(opt), str(tmp_path / "state.safetensors"), metadata={"step": "1"})
+    meta, tensors = read_train_state(tmp_path / "state.safetensors")
+    assert meta["step"] == "1" and all(t.device.type == "cpu" for t in tensors.values())
+    on_other = torch.nn.Parameter(torch.empty(3, 2, device="meta"))
+    opt2 = torch.optim.AdamW([on_other], lr=0.1)
+    load_optimizer_state(opt2, tensors, 1)
+    st = opt2.state_dict()["state"][0]
+    assert st["exp_avg"].device.type == "meta" and float(st["step"]) == 1.0
+
+    from pointillist.model.config import ImageEncoderConfig
+    from pointillist.model.image_encoder import ImageEncoder, load_dinov2_weights
+
+    enc = ImageEncoder(ImageEncoderConfig(image_size=28, dim=32, depth=1, heads=2))
+    pth = tmp_path / "dinov2_cuda.pth"
+    real_tag = torch.serialization.location_tag
+    try:  # torch.save records each storage's device via location_tag: make it say CUDA
+        torch.serialization.location_tag = lambda storage: "cuda:0"
+        torch.save(enc.state_dict(), pth)
+    finally:
+        torch.serialization.location_tag = real_tag
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(pth, weights_only=True)  # the file really asks for CUDA
+    loaded = load_dinov2_weights(pth, image_size=28)
+    assert all(v.device.type == "cpu" for v in loaded.state_dict().values())
+    assert torch.equal(loaded.state_dict()["cls_token"], enc.state_dict()["cls_token"])

@@ -1,0 +1,61 @@
+"""Periodic sample renders during training: one fixed held-out subject, target view | decoded avatar.
+
+The avatar is decoded from the subject's true AR points with the AR model's teacher-forced hidden states
+(what the decoder trains on), so the picture shows how the decoder and the hidden states it reads are
+doing without waiting for a full autoregressive sample. The view is the subject's first novel view (not
+the portrait the model was conditioned on), on white, as `pointillist evaluate` renders it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..head.model import HeadModel
+from ..model.generator import Generator
+from ..model.point_encoder import SurfaceSampler
+from ..render.rasterize import rasterize
+from ..render.sh import SH_C0
+
+
+def heldout_subject(data: str):
+    """The first held-out subject (training never sees it); the first training one if no split exists."""
+    from .dataset import SubjectDataset
+
+    held = SubjectDataset(data, "heldout")
+    return held[0] if len(held) else SubjectDataset(data, "train")[0]
+
+
+def sample_sheet(model: Generator, head: HeadModel, sampler: SurfaceSampler, record, size: int = 128) -> np.ndarray:
+    """(size, 2·size + 4, 3) uint8: target view | render of the decoded avatar, a grey bar between."""
+    from .train_generator import conditioning_inputs, teacher_forced_hidden
+
+    view = 1 if record.num_views > 1 else 0
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            images, points = conditioning_inputs(model, head, sampler, [record])
+            cond = model.condition(images.to(device), points.to(device))
+            enc = model.tokenizer.encode(record.ar_points, record.ar_binding)
+            hidden = teacher_forced_hidden(model, enc.tokens, cond)
+            g = model.decoder(torch.as_tensor(enc.points, device=device)[None], hidden[None])
+            K = torch.as_tensor(record.Ks[view], dtype=torch.float32).clone()
+            K[:2] *= size / record.images[view].shape[0]
+            out = rasterize(g.means[0].float(), g.quats[0].float(), g.log_scales[0].float().exp(),
+                            torch.sigmoid(g.opacity_logits[0].float()),
+                            viewmat=torch.as_tensor(record.viewmats[view], dtype=torch.float32, device=device),
+                            K=K.to(device), width=size, height=size,
+                            colors=(0.5 + SH_C0 * g.sh_dc[0].float()).clamp_min(0),
+                            background=torch.ones(3, device=device))
+            render = out.rgb.clamp(0, 1).cpu()
+    finally:
+        model.train(was_training)
+    img = torch.as_tensor(record.images[view]).float().permute(2, 0, 1)[None] / 255
+    mask = torch.as_tensor(record.masks[view]).float()[None, None] / 255
+    target = F.interpolate(img * mask + (1 - mask), size=(size, size), mode="bilinear", antialias=True,
+                           align_corners=False)[0].permute(1, 2, 0)
+    bar = torch.full((size, 4, 3), 0.5)
+    return (torch.cat([target, bar, render], dim=1).numpy() * 255).round().astype(np.uint8)
