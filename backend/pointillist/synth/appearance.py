@@ -147,6 +147,8 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
     """A random appearance (cheap: no geometry)."""
     tone = float(rng.random())
     hair_name, hair, natural = _hair(rng, tone)
+    # fair skin reads pink more often than olive, and flushes more
+    undertone = float(np.clip(rng.uniform(-1, 1) - 0.6 * max(0.0, 0.4 - tone) / 0.4, -1, 1))
     deep = tone > 0.5
     eye_w = np.array([0.35, 0.2, 0.15, 0.1, 0.12, 0.08]) if not deep else np.array([0.4, 0.5, 0.02, 0.02, 0.05, 0.01])
     eye = str(rng.choice(list(EYE_COLORS), p=eye_w / eye_w.sum()))
@@ -158,7 +160,7 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
     direction = (math.sin(az) * math.cos(el), math.sin(el), math.cos(az) * math.cos(el))
     key = float(rng.uniform(0.15, 0.55))
     return Appearance(
-        skin_tone=tone, undertone=float(rng.uniform(-1, 1)), blush=float(rng.uniform(0.02, 0.16)),
+        skin_tone=tone, undertone=undertone, blush=float(rng.uniform(0.02, 0.12) * (1.25 - 0.5 * tone)),
         lip_tint=float(rng.uniform(-1, 1)), freckles=int(rng.integers(60, 320)) if freckly else 0,
         hair_color=hair_name, hair_rgb=tuple(float(c) for c in hair), natural_hair_rgb=tuple(float(c) for c in natural),
         hair_length=float(rng.uniform(0.8, 1.25)), eye_color=eye,

@@ -22,15 +22,12 @@ def _palette_color(rng: np.random.Generator) -> np.ndarray:
 
 
 def _upsample(grid: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear upsampling of a (g, g, C) grid to (size, size, C), cell centres aligned."""
+    """Cubic-spline upsampling of a (g, g, C) grid to (size, size, C): smooth, no visible cells."""
+    from scipy.ndimage import zoom
+
     g = grid.shape[0]
-    x = (np.arange(size) + 0.5) / size * g - 0.5
-    x = np.clip(x, 0, g - 1)
-    i0 = np.floor(x).astype(int)
-    i1 = np.minimum(i0 + 1, g - 1)
-    f = (x - i0)[:, None]
-    rows = grid[i0] * (1 - f)[..., None] + grid[i1] * f[..., None]  # (size, g, C)
-    return rows[:, i0] * (1 - f.T)[..., None] + rows[:, i1] * f.T[..., None]
+    out = zoom(grid, (size / g, size / g, 1), order=3, mode="mirror", grid_mode=True)
+    return out[:size, :size]
 
 
 def sample_background(rng: np.random.Generator, size: int, kind: str | None = None) -> np.ndarray:
@@ -46,8 +43,8 @@ def sample_background(rng: np.random.Generator, size: int, kind: str | None = No
         img = a * (1 - t) + b * t
     elif kind == "noise":  # a textured wall / out-of-focus room: two octaves of smooth value noise
         coarse = _upsample(rng.random((int(rng.integers(3, 7)),) * 2 + (1,)), size)
-        fine = _upsample(rng.random((int(rng.integers(10, 24)),) * 2 + (1,)), size)
-        t = np.clip(0.7 * coarse + 0.3 * fine, 0, 1)
+        fine = _upsample(rng.random((int(rng.integers(8, 16)),) * 2 + (1,)), size)
+        t = np.clip(0.75 * coarse + 0.25 * fine, 0, 1)
         img = a * (1 - t) + b * t
         img *= 1 + rng.uniform(0.0, 0.06) * (rng.random((size, size, 1)) - 0.5)  # a little grain
     elif kind == "blobs":  # bokeh-like soft discs of light over a base colour

@@ -149,7 +149,8 @@ class ProceduralAvatarBuilder:
         self.head = head
         self.density = float(density)
         rng = self.rng
-        self.shape = np.clip(rng.normal(0, 1.0, head.num_shape), -2.5, 2.5).astype(np.float32)
+        spread = np.array([0.6 if n.startswith("ear_") else 1.0 for n in head.data.shape_names])  # big ears read as a cartoon
+        self.shape = np.clip(rng.normal(0, 1.0, head.num_shape) * spread, -2.5, 2.5).astype(np.float32)
         self.surface = HeadSurface(head, self.shape)
         self.style = hair_style or str(rng.choice(SYNTH_STYLES, p=HAIR_STYLE_WEIGHTS / HAIR_STYLE_WEIGHTS.sum()))
         if self.style not in SYNTH_STYLES:
@@ -255,8 +256,8 @@ class ProceduralAvatarBuilder:
         """Mouth cavity, teeth and eyeballs (sclera, iris, pupil)."""
         s, rng = self.surface, self.rng
         out = []
-        for part, spacing, color in (("mouth_cavity", 0.003, (0.28, 0.07, 0.08)), ("teeth_upper", 0.0021, (0.86, 0.83, 0.75)),
-                                     ("teeth_lower", 0.0021, (0.82, 0.79, 0.71))):
+        for part, spacing, color in (("mouth_cavity", 0.003, (0.28, 0.07, 0.08)), ("teeth_upper", 0.0021, (0.78, 0.74, 0.65)),
+                                     ("teeth_lower", 0.0021, (0.72, 0.68, 0.60))):
             tri, bary, pos, nrm = s.sample(s.part[part], self.spacing(spacing), rng)
             r = self.spacing(spacing) * 0.8
             out.append(Splats(pos, np.tile([r, r, r * 0.3], (len(pos), 1)), _frames(nrm, rng.normal(size=nrm.shape)),
