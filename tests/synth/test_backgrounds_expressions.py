@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from pointillist.synth.backgrounds import BACKGROUND_KINDS, sample_background
 from pointillist.synth.expressions import PRESETS, rest_controls, sample_controls
 

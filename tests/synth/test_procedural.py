@@ -7,7 +7,6 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-
 from pointillist.avatar.animate import AvatarAnimator
 from pointillist.avatar.gaussians import validate_avatar
 from pointillist.head.data import JOINT_NAMES

@@ -483,9 +483,8 @@ def test_plan_variety_covers_the_ranges():
     assert len({a.glasses for a in looks}) == 3 and np.ptp([a.brow_thickness for a in looks]) > 0.7
     assert np.ptp([a.lighting.kelvin for a in looks]) > 4000 and min(a.lighting.direction[0] for a in looks) < -0.8
     # the portrait controls: every preset occurs, the jaw opens up to ~20 deg, the neck stays within ± neck_deg
-    from pointillist.synth.expressions import PRESET_NAMES
-
     from pointillist.head.model import HeadModel
+    from pointillist.synth.expressions import PRESET_NAMES
 
     names = list(HeadModel.load().data.expr_names)
     controls = [ds.plan_controls(config, p, names) for p in plans[:1500]]

@@ -19,6 +19,7 @@ Point counts follow complexity, which is the adaptive-length property the genera
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -48,12 +49,12 @@ class Splats:
     binding: Binding
 
     @staticmethod
-    def empty() -> "Splats":
+    def empty() -> Splats:
         return Splats(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros((0, 3, 3)), np.zeros((0, 3)), np.zeros(0),
                       Binding(np.zeros(0, np.int64), np.zeros((0, 3))))
 
     @staticmethod
-    def concat(parts: list["Splats"]) -> "Splats":
+    def concat(parts: list[Splats]) -> Splats:
         parts = [p for p in parts if len(p.means)] or [Splats.empty()]
         return Splats(
             means=np.concatenate([p.means for p in parts]), scales=np.concatenate([p.scales for p in parts]),
@@ -324,7 +325,7 @@ class ProceduralAvatarBuilder:
         return y > line
 
     # root spacing, segments, segment length, gravity, lift off scalp, curl, strand thickness
-    _HAIR_PARAMS = {
+    _HAIR_PARAMS: ClassVar[dict[str, tuple[float, int, float, float, float, float, float]]] = {
         "buzz": (0.0036, 2, 0.0016, 0.10, 0.0010, 0.0, 0.0010),
         "short": (0.0050, 4, 0.0032, 0.15, 0.0025, 0.0, 0.0013),
         "side_part": (0.0048, 7, 0.0050, 0.40, 0.0026, 0.0, 0.0013),
@@ -346,7 +347,7 @@ class ProceduralAvatarBuilder:
         spacing, n_seg, seg_len, gravity, lift, curl, thickness = self._HAIR_PARAMS[self.style]
         if self.style not in ("buzz",):
             seg_len *= self.look.hair_length
-        tri, bary, root, nrm = s.sample(allowed, self.spacing(spacing), rng)
+        _, _, root, nrm = s.sample(allowed, self.spacing(spacing), rng)
         n = len(root)
         crown = np.array([0.0, 0.125, -0.035])
         comb = root - crown
@@ -532,7 +533,7 @@ class ProceduralAvatarBuilder:
             z_lens = ev[:, 2].max() + 0.011
             cx = c[0] + side * 0.002
             cy = c[1] + 0.001
-            def rim(t0: float, t1: float) -> np.ndarray:  # the superellipse from angle t0 to t1 (an open polyline)
+            def rim(t0: float, t1: float, cx=cx, cy=cy, z_lens=z_lens, side=side) -> np.ndarray:  # the superellipse from angle t0 to t1 (an open polyline)
                 t = np.linspace(t0, t1, max(8, int(80 * (t1 - t0) / np.pi * np.sqrt(self.density))))
                 ct, st = np.cos(t), np.sin(t)
                 x = cx + w * np.sign(ct) * np.abs(ct) ** (2 / p)

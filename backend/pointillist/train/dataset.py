@@ -231,7 +231,7 @@ def subject_plan(config: DatasetConfig, subject_id: int) -> SubjectPlan:
                        beard_style=look.beard_style if beard else "none", glasses=glasses, posed=posed, appearance=look)
 
 
-def plan_controls(config: DatasetConfig, plan: SubjectPlan, expr_names) -> "object":
+def plan_controls(config: DatasetConfig, plan: SubjectPlan, expr_names) -> object:
     """The `FaceControls` of the plan's view 0 (rest controls when not posed); deterministic per (seed, id)."""
     from ..synth.expressions import rest_controls, sample_controls
 

@@ -131,9 +131,7 @@ def cmd_dataset_contact_sheet(args: argparse.Namespace) -> None:
     from PIL import Image
 
     from ..atomic import atomic_write
-    from .dataset import contact_sheet
-
-    from .dataset import DatasetError, synth_contact_sheet
+    from .dataset import DatasetError, contact_sheet, synth_contact_sheet
 
     if args.synth == (args.dir is not None):
         raise DatasetError("give a dataset DIR or --synth (not both, not neither)")
