@@ -210,8 +210,9 @@ class Client:
         return self.request_json("PUT", f"/v1/objects/{object_id}", body=body,
                                  content_type="application/octet-stream", timeout=timeout)
 
-    def render(self, body: bytes, timeout: float = 300) -> bytes:
-        """One frame (a `PTRF` body) -> the response bytes (raw `PTIM` or PNG, as the request asked).
+    def render(self, body: bytes, timeout: float = 300) -> tuple[bytes, dict[str, float]]:
+        """One frame (a `PTRF` body) -> (the response bytes: raw `PTIM` or PNG, as the request asked; the
+        backend's own milliseconds per step from its Server-Timing header, e.g. {"parse": .., "render": ..}).
 
         An unknown object raises BackendError code `unknown_object` (status 404): register it and retry.
         """
@@ -227,4 +228,19 @@ class Client:
             conn.close()
         if response.status >= 400:
             self._decode(response.status, payload[: 1 << 20])
-        return payload
+        return payload, server_timing(response.getheader("Server-Timing", ""))
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """`name;dur=ms, ...` (W3C Server-Timing) -> {name: ms}; entries without a readable duration are skipped."""
+    out: dict[str, float] = {}
+    for entry in header.split(","):
+        name, *params = (part.strip() for part in entry.split(";"))
+        for param in params:
+            key, _, value = param.partition("=")
+            if name and key.strip() == "dur":
+                try:
+                    out[name] = float(value)
+                except ValueError:
+                    pass
+    return out

@@ -148,15 +148,16 @@ def pose_object(obj_eval, depsgraph, for_render: bool = True) -> PosedSplats:
     rotation, scale = rb.rigid_part(M)
     static = read_static(obj_eval, scale, for_render)
     n = len(static.rest_quats)
-    mesh = obj_eval.to_mesh()
-    try:
-        if len(mesh.vertices) != n:
-            raise ValueError(f"its modifiers make {len(mesh.vertices)} points out of {n} Gaussians; "
-                             f"only the Armature modifier, shape keys and the splat display may deform it")
-        co = np.empty(n * 3, np.float32)
-        mesh.vertices.foreach_get("co", co)
-    finally:
-        obj_eval.to_mesh_clear()
+    # An evaluated mesh object's data is the mesh with its modifiers applied (bpy.types.Depsgraph docs): its
+    # position attribute is read in place, ~15x faster than copying every Gaussian attribute with to_mesh().
+    mesh = obj_eval.data
+    position = mesh.attributes.get("position") if isinstance(mesh, bpy.types.Mesh) else None
+    if position is None or len(position.data) != n:
+        found = len(position.data) if position is not None else 0
+        raise ValueError(f"its modifiers make {found} points out of {n} Gaussians; "
+                         f"only the Armature modifier, shape keys and the splat display may deform it")
+    co = np.empty(n * 3, np.float32)
+    position.data.foreach_get("vector", co)
     means = rb.to_world(co.reshape(n, 3), M)
     bones = bone_matrices(obj_eval, depsgraph, static.groups, for_render)
     quats = rb.skin_rotations(static.weights, bones, static.rest_quats, rotation)
@@ -249,17 +250,19 @@ def render_frame(client, splats: list[PosedSplats], view: rb.View, background: n
     body = encode_render(rb.render_request(view, objects, background, want_depth))
     t1 = time.perf_counter()
     try:
-        answer = client.render(body)
+        answer, backend_ms = client.render(body)
     except BackendError as exc:
         if exc.code != "unknown_object":  # a restarted backend forgot the objects: register and retry once
             raise RuntimeError(f"the backend could not render: {exc}") from None
         register(True)
-        answer = client.render(body)
+        answer, backend_ms = client.render(body)
     t2 = time.perf_counter()
     rgba, depth = decode_raw_image(answer, film=True)
     if timings is not None:
         timings["encode"] = timings.get("encode", 0.0) + (t1 - t0)
         timings["backend_roundtrip"] = timings.get("backend_roundtrip", 0.0) + (t2 - t1)
+        for step, ms in backend_ms.items():
+            timings[f"backend_{step}"] = timings.get(f"backend_{step}", 0.0) + ms / 1000
     return rgba, depth
 
 

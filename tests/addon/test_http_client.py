@@ -54,3 +54,11 @@ def test_server_error_codes_get_a_hint_before_the_servers_message():
 def test_submit_of_a_missing_file_is_an_io_error(tmp_path):
     with pytest.raises(BackendError, match="cannot read the portrait"):
         Client("http://127.0.0.1:1", "t").submit(tmp_path / "missing.png")
+
+
+def test_server_timing_header_is_read_leniently():
+    from addon.http_client import server_timing
+
+    assert server_timing("parse;dur=0.18, render;dur=44.90") == {"parse": 0.18, "render": 44.9}
+    assert server_timing('cache;desc="hit", db;dur=abc, total;dur=3') == {"total": 3.0}
+    assert server_timing("") == {}

@@ -236,6 +236,17 @@ for name, data in cases.items():
     results[name] = {"where": where, "camera": cam_info(cam), "window": [list(row) for row in proj],
                      "view": [list(row) for row in cam.matrix_world.inverted()]}
     bpy.data.objects.remove(cam)
+# a modifier that changes the point count: an error naming the object, not misplaced splats
+add_camera((0.03, -0.9, 0.05), (math.radians(88), 0.0, 0.0))
+dots = next(o for o in scene.objects if o.type == "MESH")
+weld = dots.modifiers.new("Weld", "WELD")
+weld.merge_threshold = 1.0
+try:
+    f12(ARGS["out"] + "/weld.png")
+    results["weld"] = "rendered"
+except RuntimeError as exc:
+    results["weld"] = str(exc)
+dots.modifiers.remove(weld)
 # no camera: an error the artist can read, not a crash
 scene.camera = None
 try:
@@ -270,6 +281,7 @@ def test_orthographic_and_shifted_cameras_put_splats_where_blender_projects_them
     got = blender.run(CAMERAS, url=live_server.url, token=live_server.token, ply=str(path), out=str(tmp_path),
                       points=world.tolist())
     assert "camera" in got["no_camera"], got["no_camera"]
+    assert "modifiers make 1 points out of 3 Gaussians" in got["weld"], got["weld"]
     OUT.mkdir(parents=True, exist_ok=True)
     for name in ("ortho_shift", "persp_vertical"):
         shutil.copy(tmp_path / f"{name}.png", OUT / f"{blender.label}_{name}.png")

@@ -76,6 +76,7 @@ def test_render_matches_the_rasterizer_called_directly(app):
     assert r.status_code == 200 and r.json()["count"] == 400 and r.json()["colors"] == "rgb"
     r = app.request("POST", "/v1/render", content=encode_render(frame([("head", means, quats)])), headers=OCTET)
     assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    assert [e.split(";dur=")[0] for e in r.headers["server-timing"].split(", ")] == ["parse", "render", "rasterize", "output"]
     rgba, depth = decode_raw_image(r.content)
     cam = camera()
     direct = rasterize(torch.from_numpy(means), torch.from_numpy(quats), torch.from_numpy(attrs.scales),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -331,12 +332,18 @@ def _routes(api: FastAPI, service: Service) -> None:
         if ctype != "application/octet-stream":
             raise ApiError("unsupported_media_type", "send the PTRF frame as application/octet-stream")
         body = await request.body()
+        t0 = time.perf_counter()
         try:
             frame = parse_render(body, payload_limits(limits))
         except PayloadError as exc:
             raise ApiError("bad_payload", str(exc)) from None
-        payload, media_type = await service.renderer.render(frame)
-        return Response(payload, media_type=media_type)
+        t1 = time.perf_counter()
+        payload, media_type, steps = await service.renderer.render(frame)
+        # W3C Server-Timing: lets a client tell the backend's work from the transport (benchmarks/bench_bridge.py);
+        # "render" is the whole wait for the render thread, "rasterize" and "output" its parts
+        steps = {"parse": t1 - t0, "render": time.perf_counter() - t1, **steps}
+        timing = ", ".join(f"{name};dur={1000 * seconds:.2f}" for name, seconds in steps.items())
+        return Response(payload, media_type=media_type, headers={"Server-Timing": timing})
 
 
 def _parse_options(raw) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
@@ -130,7 +131,8 @@ class Renderer:
         self._pending = 0
         self._lock = threading.Lock()
 
-    async def render(self, request: RenderRequest) -> tuple[bytes | memoryview, str]:
+    async def render(self, request: RenderRequest) -> tuple[bytes | memoryview, str, dict[str, float]]:
+        """(body, media type, seconds per step: "rasterize", "output") for one frame, on the render thread."""
         import asyncio
 
         with self._lock:
@@ -145,8 +147,9 @@ class Renderer:
             with self._lock:
                 self._pending -= 1
 
-    def render_now(self, request: RenderRequest) -> tuple[bytes | memoryview, str]:
-        """(body, media type) for one frame."""
+    def render_now(self, request: RenderRequest) -> tuple[bytes | memoryview, str, dict[str, float]]:
+        """(body, media type, seconds per step) for one frame: "rasterize" (gathering the objects and the
+        rasterizer) and "output" (the pixels into the response: film conversion, raw copy or PNG)."""
         import torch
 
         from ..render.rasterize import quat_to_rotmat, rasterize
@@ -163,6 +166,7 @@ class Renderer:
             if obj.means.shape[0] != static["count"]:
                 raise ApiError("count_mismatch", f"object {obj.object_id!r}: the frame has {obj.means.shape[0]} "
                                                  f"Gaussians, the registered object {static['count']}")
+        t0 = time.perf_counter()
         device = self.objects.device
         use_sh = any(s["sh"] is not None for _, s in found)
         degree = max((s["sh_degree"] for _, s in found), default=0) if use_sh else 0
@@ -206,6 +210,12 @@ class Renderer:
                             background=torch.from_numpy(request.background).to(device),
                             near=request.near, far=request.far,
                             camera_model="ortho" if request.ortho else "pinhole")
+        t1 = time.perf_counter()
+        body, media_type = self._output(request, out)
+        return body, media_type, {"rasterize": t1 - t0, "output": time.perf_counter() - t1}
+
+    @staticmethod
+    def _output(request: RenderRequest, out) -> tuple[bytes | memoryview, str]:
         if request.raw and request.film:  # converted while copied into the response buffer
             buffer, rgba_view, depth_view = raw_image_buffer(request.width, request.height, request.want_depth, film=True)
             film_passes(out.rgb.float().cpu().numpy(), out.alpha.float().cpu().numpy(),
@@ -221,8 +231,7 @@ class Renderer:
             return memoryview(buffer), "application/octet-stream"
         from PIL import Image
 
-        rgba = torch.cat([out.rgb, out.alpha[..., None]], dim=-1).float().cpu().numpy()
-
+        rgba = np.concatenate([out.rgb.float().cpu().numpy(), out.alpha.float().cpu().numpy()[..., None]], axis=-1)
         pixels = (np.clip(rgba, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         buffer = io.BytesIO()
         Image.fromarray(pixels, "RGBA").save(buffer, format="PNG", compress_level=1)
