@@ -459,8 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     from .train.dataset_cli import add_dataset_commands
+    from .train.real_data_cli import add_real_data_commands
 
-    add_dataset_commands(sub)
+    add_real_data_commands(add_dataset_commands(sub))
 
     ckpt = sub.add_parser("checkpoint", help="generator checkpoint tools").add_subparsers(dest="checkpoint_command", required=True, metavar="SUBCOMMAND")
     p = ckpt.add_parser("pack", help="rewrite a checkpoint for shipping (float16 halves it; loads as float32)")
