@@ -26,7 +26,10 @@ DDP_DATA = DatasetConfig(subjects=4, views=2, image_size=56, shard_size=2, densi
 # move the weights far beyond the float tolerance of the comparison
 ARGS = ["--model-size", "tiny", "--batch-size", "{batch}", "--steps", "{steps}", "--save-every", "1",
         "--render-size", "24", "--lr", "0.02", "--warmup", "1", "--seed", "3"]
-TOL = 5e-4  # 2.5 % of one step at lr 0.02; the weights move by 1e-2 or more
+# AdamW turns float noise in near-zero gradients (attention key biases, the decoder's zero-initialised output
+# layer) into steps of a few % of lr, so single weights may differ by ~1e-3 at lr 0.02; over all weights the
+# difference of the two updates is ~1e-4 of the update (a rank drawing the wrong subjects gives ~0.5)
+TOL = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +67,13 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float(np.abs(a[k] - b[k]).max()) for k in a)
 
 
+def _relative_update_diff(a: dict, b: dict, init: dict) -> float:
+    """|update_a - update_b| / |update_b| over all weights (L2)."""
+    num = sum(float(((a[k] - b[k]).astype(np.float64) ** 2).sum()) for k in b)
+    den = sum(float(((b[k] - init[k]).astype(np.float64) ** 2).sum()) for k in b)
+    return (num / den) ** 0.5
+
+
 @pytest.mark.slow
 def test_two_gloo_ranks_match_one_process_with_the_whole_batch_and_resume(data, tmp_path):
     ddp_out, ref_out = tmp_path / "ddp" / "gen.safetensors", tmp_path / "ref" / "gen.safetensors"
@@ -81,9 +91,7 @@ def test_two_gloo_ranks_match_one_process_with_the_whole_batch_and_resume(data, 
     init = _weights_of_fresh_model(data, tmp_path)
     moved = _max_diff(ref, init)
     assert moved > 1e-2  # the check below is not vacuous
-    # AdamW turns float noise in near-zero gradients (attention key biases) into visible steps, so the
-    # weights agree to a small fraction of one lr-sized step, not to 1e-6
-    assert _max_diff(ddp, ref) < TOL, "2 ranks x batch 1 must update like 1 process x batch 2"
+    assert _relative_update_diff(ddp, ref, init) < TOL, "2 ranks x batch 1 must update like 1 process x batch 2"
     # Adam and clipping hide a constant gradient factor: the pre-clip gradient norm catches a wrong average
     ref_rows = list(csv.DictReader(open(sidecar(ref_out, ".log.csv"))))
     for key in ("loss", "grad_norm", "ar_ce", "decoder"):
@@ -95,7 +103,7 @@ def test_two_gloo_ranks_match_one_process_with_the_whole_batch_and_resume(data, 
     assert "resumed joint at step 2" in run.stderr
     assert main([*_train_args(data, ref_out, batch=2, steps=3), "--threads", "1"]) == 0
     assert [int(r["step"]) for r in csv.DictReader(open(sidecar(ddp_out, ".log.csv")))] == [1, 2, 3]
-    assert _max_diff(_weights(ddp_out), _weights(ref_out)) < TOL
+    assert _relative_update_diff(_weights(ddp_out), _weights(ref_out), init) < TOL
     assert _max_diff(_weights(ddp_out), ddp) > 1e-3
 
 

@@ -209,8 +209,12 @@ def test_gradient_accumulation_matches_the_larger_batch(data, tmp_path):
     for key in ("loss", "grad_norm"):
         assert [r[key] for r in acc.history] == pytest.approx([r[key] for r in big.history], rel=1e-4)
     init = _weights(_fresh(data, tmp_path))
-    assert _max_diff(_weights(tmp_path / "big.safetensors"), init) > 1e-3
-    assert _max_diff(_weights(tmp_path / "acc.safetensors"), _weights(tmp_path / "big.safetensors")) < 1e-4
+    big_w, acc_w = _weights(tmp_path / "big.safetensors"), _weights(tmp_path / "acc.safetensors")
+    assert _max_diff(big_w, init) > 1e-3
+    # over all weights (AdamW turns float noise in near-zero gradients into small steps of single weights)
+    num = sum(float(((acc_w[k] - big_w[k]).astype(np.float64) ** 2).sum()) for k in big_w)
+    den = sum(float(((big_w[k] - init[k]).astype(np.float64) ** 2).sum()) for k in big_w)
+    assert (num / den) ** 0.5 < 1e-3
 
 
 def _fresh(data, tmp_path):
