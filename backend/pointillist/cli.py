@@ -194,22 +194,29 @@ def cmd_compare(args) -> None:
 
 def cmd_train(args) -> None:
     from .model.config import MODEL_PRESETS
-    from .train.distributed import DistContext
+    from .train.distributed import DistContext, DistributedError
     from .train.train_generator import TrainConfig, Trainer
 
     torch_threads(args.threads)
-    config = TrainConfig(stage=args.stage, data=args.data, output=args.output, init=args.init, steps=args.steps,
-                         batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr, warmup=args.warmup, seed=args.seed,
-                         save_every=args.save_every, log_every=args.log_every, sample_every=args.sample_every,
-                         render_size=args.render_size, dinov2_weights=args.dinov2_weights,
-                         head_dropout=args.head_dropout, ar_weight=args.ar_weight, decoder_weight=args.decoder_weight,
-                         precision=args.precision, device=args.device, tensorboard=args.tensorboard,
-                         dist_timeout_s=args.dist_timeout, model=MODEL_PRESETS[args.model_size])
-    # under torchrun this joins the process group (gloo on CPU, NCCL on CUDA); alone it is one process
-    dist = DistContext.from_env(config.device, config.dist_timeout_s)
+    try:
+        config = TrainConfig(stage=args.stage, data=args.data, output=args.output, init=args.init, steps=args.steps,
+                             batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr, warmup=args.warmup, seed=args.seed,
+                             save_every=args.save_every, log_every=args.log_every, sample_every=args.sample_every,
+                             render_size=args.render_size, dinov2_weights=args.dinov2_weights,
+                             head_dropout=args.head_dropout, ar_weight=args.ar_weight, decoder_weight=args.decoder_weight,
+                             precision=args.precision, device=args.device, tensorboard=args.tensorboard,
+                             dist_timeout_s=args.dist_timeout, model=MODEL_PRESETS[args.model_size])
+        # under torchrun this joins the process group (gloo on CPU, NCCL on CUDA); alone it is one process
+        dist = DistContext.from_env(config.device, config.dist_timeout_s)
+    except ValueError as exc:  # a bad option value: the message names it
+        raise CliError(str(exc)) from None
     try:
         log = (lambda line: print(line, file=sys.stderr, flush=True)) if dist.is_main else (lambda line: None)
-        Trainer(config, head=_load_head(args.head), log=log, dist=dist).run()
+        try:
+            trainer = Trainer(config, head=_load_head(args.head), log=log, dist=dist)
+        except (ValueError, DistributedError) as exc:  # data, --init, stage or rank-agreement problems (DatasetError is a ValueError)
+            raise CliError(str(exc)) from None
+        trainer.run()
     finally:
         dist.close()
     if dist.is_main:

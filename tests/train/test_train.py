@@ -399,3 +399,17 @@ def test_gpu_written_state_loads_on_cpu(tmp_path, data):
     loaded = load_dinov2_weights(pth, image_size=28)
     assert all(v.device.type == "cpu" for v in loaded.state_dict().values())
     assert torch.equal(loaded.state_dict()["cls_token"], enc.state_dict()["cls_token"])
+
+
+def test_train_cli_refuses_bad_scale_options_with_a_message(data, tmp_path, capsys):
+    import torch
+
+    out = str(tmp_path / "x.safetensors")
+    assert main(["train", "ar", "--data", str(data), "-o", out, "--accumulate", "0"]) == 2
+    assert "accumulate" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["train", "ar", "--data", str(data), "-o", out, "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+    assert main(["train", "joint", "--data", str(data), "-o", out, "--ar-weight", "0", "--decoder-weight", "0"]) == 2
+    assert "not both 0" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
