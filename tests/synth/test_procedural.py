@@ -12,6 +12,7 @@ from pointillist.avatar.gaussians import validate_avatar
 from pointillist.head.data import JOINT_NAMES
 from pointillist.synth.appearance import (
     BEARD_STYLES,
+    STUDIO_LIGHT,
     Lighting,
     appearance_for_seed,
     color_temperature_rgb,
@@ -206,3 +207,13 @@ def test_every_new_style_changes_the_silhouette(head, avatars):
     assert extent("afro")[0] > extent("short")[0] + 0.02  # volume out to the sides
     assert extent("bob")[1] > extent("short")[1] and extent("long")[1] > extent("bob")[1]
     assert len(avatars["buzz"].gaussians.means) < len(avatars["short"].gaussians.means) * 1.3
+
+
+def test_a_lone_avatar_gets_the_studio_light_a_dataset_its_own(head):
+    lone = make_procedural_avatar(21, head, hair_style="bald", beard=False, glasses=False, density=0.15)
+    assert lone.meta["appearance"]["lighting"]["key"] == round(STUDIO_LIGHT.key, 4)
+    look = appearance_for_seed(21)
+    lit = make_procedural_avatar(21, head, hair_style="bald", beard=False, glasses=False, density=0.15, appearance=look)
+    assert lit.meta["appearance"]["lighting"]["key"] == round(look.lighting.key, 4) != round(STUDIO_LIGHT.key, 4)
+    assert np.array_equal(lone.gaussians.means, lit.gaussians.means)
+    assert lone.meta["skin_tone"] == lit.meta["skin_tone"]  # the same person, lit differently

@@ -122,6 +122,10 @@ class Appearance:
         return out
 
 
+#: The soft, nearly frontal key light of a lone avatar (what engine v1 baked into every skin splat).
+STUDIO_LIGHT = Lighting(direction=(0.25 / 1.0025, 0.55 / 1.0025, 0.80 / 1.0025), kelvin=6500.0, ambient=0.80, key=0.22)
+
+
 def _hair(rng: np.random.Generator, tone: float) -> tuple[str, np.ndarray, np.ndarray]:
     """(name, colour, natural colour): darker skin draws darker hair more often."""
     deep = float(np.clip((tone - 0.35) / 0.5, 0, 1))
@@ -174,5 +178,6 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
 
 
 def appearance_for_seed(seed: int) -> Appearance:
-    """The appearance `make_procedural_avatar(seed)` uses (glasses decided by the caller)."""
+    """The appearance drawn for ``seed`` (glasses decided by the caller; `make_procedural_avatar` swaps in
+    ``STUDIO_LIGHT`` unless given an appearance)."""
     return sample_appearance(np.random.default_rng([int(seed), 7]))

@@ -18,6 +18,7 @@ Point counts follow complexity, which is the adaptive-length property the genera
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -30,7 +31,13 @@ from ..avatar.gaussians import SH_C0, Avatar, Binding, Gaussians, HeadIdentity
 from ..head import mediapipe_topology as mpt
 from ..head.mesh_ops import vertex_normals
 from ..head.model import HeadModel
-from .appearance import BEARD_STYLES, EYE_COLORS, Appearance, appearance_for_seed
+from .appearance import (
+    BEARD_STYLES,
+    EYE_COLORS,
+    STUDIO_LIGHT,
+    Appearance,
+    appearance_for_seed,
+)
 
 # v1 styles first (their indices are class labels elsewhere), new ones appended.
 SYNTH_STYLES = ("bald", "short", "long", "bun", "curly", "buzz", "side_part", "ponytail", "afro", "bob")
@@ -151,13 +158,14 @@ class ProceduralAvatarBuilder:
         self.density = float(density)
         rng = self.rng
         spread = np.array([0.6 if n.startswith("ear_") else 1.0 for n in head.data.shape_names])  # big ears read as a cartoon
-        self.shape = np.clip(rng.normal(0, 1.0, head.num_shape) * spread, -2.5, 2.5).astype(np.float32)
+        self.shape = np.clip(rng.normal(0, 0.8, head.num_shape) * spread, -2.5, 2.5).astype(np.float32)
         self.surface = HeadSurface(head, self.shape)
         self.style = hair_style or str(rng.choice(SYNTH_STYLES, p=HAIR_STYLE_WEIGHTS / HAIR_STYLE_WEIGHTS.sum()))
         if self.style not in SYNTH_STYLES:
             raise ValueError(f"unknown hair style {self.style!r}; choose from {', '.join(SYNTH_STYLES)}")
         self.beard = bool(rng.random() < 0.3) if beard is None else bool(beard)
-        self.look = appearance or appearance_for_seed(seed)
+        # a lone avatar (Blender, demos, tests) gets the soft frontal studio light; datasets pass their random one
+        self.look = appearance or dataclasses.replace(appearance_for_seed(seed), lighting=STUDIO_LIGHT)
         self.beard_style = (beard_style or self.look.beard_style) if self.beard else "none"
         if self.beard and self.beard_style not in BEARD_STYLES:
             raise ValueError(f"unknown beard style {self.beard_style!r}; choose from {', '.join(BEARD_STYLES)}")
@@ -639,8 +647,10 @@ def make_procedural_avatar(seed: int, head: HeadModel | None = None, *, hair_sty
                            glasses: bool | None = None, appearance: Appearance | None = None) -> Avatar:
     """A random, fully bound avatar; deterministic for a given seed and options.
 
-    Unset options are drawn from the seed: the appearance from `appearance_for_seed(seed)`, the beard
-    style from it when ``beard`` is true, glasses with probability 0.15.
+    Unset options are drawn from the seed: the appearance from `appearance_for_seed(seed)` but lit by
+    the soft frontal ``STUDIO_LIGHT`` (a lone asset should not carry a random baked side light; the
+    dataset passes its plan's appearance, random light included), the beard style from it when ``beard``
+    is true, glasses with probability 0.15.
     """
     if density <= 0 or not np.isfinite(density):
         raise ValueError("density must be a positive number")
