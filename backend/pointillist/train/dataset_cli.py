@@ -65,7 +65,7 @@ def add_dataset_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=1, metavar="W", help="shards built in parallel processes (default 1)")
     p.set_defaults(func=cmd_dataset_build)
 
-    p = sub.add_parser("card", help="Markdown summary (splits, styles, AR points, Gaussians, beards) and one JSON line")
+    p = sub.add_parser("card", help="Markdown summary (splits, styles, AR points, Gaussians, beard styles, skin tones, hair colours, glasses, expressions) and one JSON line")
     p.add_argument("dir", metavar="DIR")
     p.set_defaults(func=cmd_dataset_card)
 
