@@ -201,6 +201,7 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float(np.abs(a[k] - b[k]).max()) for k in a)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_the_larger_batch(data, tmp_path):
     """batch 1 × accumulate 2 makes the update batch 2 makes: per-sample mean losses, same samples."""
     big = _train(data, tmp_path / "big.safetensors", "ar", 2, lr=3e-3)
@@ -237,7 +238,8 @@ def test_every_trainable_parameter_gets_a_gradient_in_each_stage(data, tmp_path)
     ar = tmp_path / "ar.safetensors"
     _train(data, ar, "ar", 1)
     for stage in ("ar", "decoder", "joint"):
-        t = _train(data, tmp_path / f"{stage}.safetensors", stage, 0 + 1, init=str(ar), lr=0.0)
+        t = Trainer(TrainConfig(stage=stage, data=str(data), output=str(tmp_path / f"{stage}.safetensors"), init=str(ar),
+                                batch_size=1, render_size=24), log=lambda line: None)
         t.optimizer.zero_grad(set_to_none=True)
         loss, _ = t.batch_loss(t.micro_batches(0)[0])
         loss.backward()

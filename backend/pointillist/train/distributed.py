@@ -64,7 +64,7 @@ class DistContext:
         if not launched:
             return cls(device=torch.device("cuda") if use_cuda else torch.device("cpu"))
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if use_cuda:
             if local_rank >= torch.cuda.device_count():
                 raise ValueError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s) here: "
