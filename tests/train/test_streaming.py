@@ -302,3 +302,12 @@ def test_the_next_shard_is_fetched_in_the_background(fake):
     assert calls == [("shard-00000.npz", False), ("shard-00001.npz", True)]
     assert [r.subject_id for r in it] == [sid for sid in _train_ids(fake) if sid != 0]
     assert sum(1 for name, _ in calls if name == "shard-00001.npz") == 1  # fetched once, then used
+
+
+def test_fewer_shards_than_ranks_is_refused(fake):
+    """A rank without a shard would yield nothing: with balance every rank would then train on nothing."""
+    shards = len(StreamingSubjects(fake).shards)
+    StreamingSubjects(fake, rank=shards - 1, world_size=shards, balance=True)  # one shard each is fine
+    for balance in (True, False):
+        with pytest.raises(DatasetError, match=rf"{shards} shard\(s\), fewer than the {shards + 1} ranks.*--shard-size"):
+            StreamingSubjects(fake, rank=0, world_size=shards + 1, balance=balance)

@@ -372,6 +372,11 @@ class StreamingSubjects(IterableDataset):
             mine = [sid for sid in entry["subject_ids"] if sid in ids]
             if mine:
                 self.shards.append((entry, mine))
+        if self.shards and len(self.shards) < world_size:
+            # a rank without a shard yields nothing: DDP would hang on it, or with balance every rank trains on nothing
+            raise DatasetError(f"split {split!r} of {self.index.root} is in {len(self.shards)} shard(s), fewer than the "
+                               f"{world_size} ranks (shards are split between ranks whole); rebuild the dataset with a "
+                               "smaller --shard-size or use fewer ranks")
         self.seed, self.shuffle, self.shuffle_buffer = seed, shuffle, shuffle_buffer
         self.rank, self.world_size, self.balance = rank, world_size, balance
         self.num_workers, self.batch_size = num_workers, batch_size
