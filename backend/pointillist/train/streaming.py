@@ -51,10 +51,17 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .dataset import INDEX_NAME, DatasetError, DatasetIndex, ShardReader, SubjectRecord
+from .dataset import (
+    _SHARD_RE,
+    INDEX_NAME,
+    DatasetError,
+    DatasetIndex,
+    ShardReader,
+    SubjectRecord,
+    _sha256_file,
+)
 
 STATE_FORMAT = "pointillist-stream-state-1"
-_SHARD_NAME = re.compile(r"^shard-\d{5,}\.npz$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 
@@ -68,17 +75,9 @@ def _is_url(root: str | os.PathLike) -> bool:
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not _SHARD_NAME.match(name):
+    if not isinstance(name, str) or not _SHARD_RE.match(name):
         raise ShardFetchError(f"refusing shard name {name!r}: shard files are named shard-NNNNN.npz")
     return name
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _url_join(base: str, name: str) -> str:
