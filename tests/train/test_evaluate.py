@@ -126,7 +126,7 @@ def test_akd_is_zero_for_the_same_render_and_positive_when_the_jaw_opens(data, h
     # the chin (152) drops; the forehead (10) stays
     assert c[152, 1] - a[152, 1] > 5.0 and abs(c[10, 1] - a[10, 1]) < 0.5 * (c[152, 1] - a[152, 1])
     blank = np.full((512, 512, 3), 255, np.uint8)
-    assert reenactment_akd([a], [detect(blank)]) == {"akd_px": None, "akd_frames": 0, "frames": 1,
+    assert reenactment_akd([a], [detect(blank)]) == {"akd_px": None, "akd_frames": 0, "frames": 1, "akd_per_frame_px": [None],
                                                      "detection_failures": 1, "truth_detection_failures": 0}
 
 
@@ -151,7 +151,8 @@ def test_eval_cli_writes_a_side_by_side_table_json_and_sheet(data, head, tmp_pat
                     "binding_accuracy", "ar_loss", "ar_loss_no_image"):
             assert np.isfinite(ckpt[key]), key
         assert 0 <= ckpt["ssim"] <= 1 and 0 <= ckpt["binding_accuracy"] <= 1
-        assert "akd_px" in ckpt and 0 <= ckpt["detection_failure_rate"] <= 1
+        assert "akd_px" in ckpt and "akd_median_px" in ckpt and 0 <= ckpt["detection_failure_rate"] <= 1
+        assert all(len(r["akd_per_frame_px"]) == r["frames"] == 1 for r in ckpt["rows"])
         assert set(ckpt["points_by_style"]) == {r["style"] for r in ckpt["rows"]}
         assert all(1 <= r["points"] <= 24 for r in ckpt["rows"])
     assert summary["reference"]["truth_psnr"] > 20  # the ground truth reproduces its own views
@@ -159,8 +160,8 @@ def test_eval_cli_writes_a_side_by_side_table_json_and_sheet(data, head, tmp_pat
     table = (tmp_path / "out" / "eval.md").read_text()
     lines = table.splitlines()
     assert lines[0] == "| metric | first | b |"
-    for _, label, _ in TABLE_ROWS:
-        if "AKD" in label:
+    for key, label, _ in TABLE_ROWS:
+        if key == "akd_px":
             label = "reenactment AKD (px at 256²)"
         row = next(line for line in lines if line.startswith(f"| {label}"))
         assert row.count("|") == 4, row  # a cell for every checkpoint
