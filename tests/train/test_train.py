@@ -415,3 +415,36 @@ def test_train_cli_refuses_bad_scale_options_with_a_message(data, tmp_path, caps
     assert main(["train", "joint", "--data", str(data), "-o", out, "--ar-weight", "0", "--decoder-weight", "0"]) == 2
     assert "not both 0" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_the_decoder_compares_rest_views_only(data, tmp_path, monkeypatch):
+    """Engine v2 renders most portraits (view 0) with an expression and pose while the decoded Gaussians are at
+    rest: such a view must never be a photometric target (the cameras the decoder loss renders are recorded)."""
+    import dataclasses
+
+    import torch
+    from pointillist.train import train_generator
+    from pointillist.train.dataset import SubjectDataset
+
+    ar = tmp_path / "ar.safetensors"
+    _train(data, ar, "ar", 1)
+    t = Trainer(TrainConfig(stage="decoder", data=str(data), output=str(tmp_path / "dec.safetensors"), init=str(ar),
+                            batch_size=1, render_size=24, views_per_step=2), log=lambda line: None)
+    seen = []
+    real = train_generator.rasterize
+
+    def spy(*args, viewmat, **kw):
+        seen.append(viewmat.cpu().numpy().copy())
+        return real(*args, viewmat=viewmat, **kw)
+
+    monkeypatch.setattr(train_generator, "rasterize", spy)
+    posed = next(r for r in SubjectDataset(data, "train") if r.is_posed(0))
+    rendered = lambda: [int(np.argmin([np.abs(v - m).max() for m in posed.viewmats])) for v in seen]  # noqa: E731
+    with torch.no_grad():
+        t.decoder_loss([posed])
+        assert seen and 0 not in rendered()
+        seen.clear()
+        at_rest = dataclasses.replace(posed, expressions=np.zeros_like(posed.expressions), poses=np.zeros_like(posed.poses))
+        t.decoder_loss([at_rest])
+        assert 0 in rendered()  # the same subject at rest: its portrait is a target again

@@ -436,7 +436,10 @@ class Trainer:
             log_scales = g.log_scales[0].float()
             scales, opac = log_scales.exp(), torch.sigmoid(g.opacity_logits[0].float())
             colours = (0.5 + SH_C0 * g.sh_dc[0].float()).clamp_min(0)
-            views = rng.choice(len(r.images), size=min(self.cfg.views_per_step, len(r.images)), replace=False)
+            # canonical Gaussians render the rest pose: a view rendered with an expression or pose (engine v2's
+            # portrait) would be a wrong target, so only rest views are compared (v1 records: all of them)
+            rest = [v for v in range(len(r.images)) if not r.is_posed(v)]
+            views = rng.choice(rest, size=min(self.cfg.views_per_step, len(rest)), replace=False)
             photo = 0.0
             for v in views:
                 full = r.images[v].shape[0]
