@@ -311,3 +311,39 @@ def test_fewer_shards_than_ranks_is_refused(fake):
     for balance in (True, False):
         with pytest.raises(DatasetError, match=rf"{shards} shard\(s\), fewer than the {shards + 1} ranks.*--shard-size"):
             StreamingSubjects(fake, rank=0, world_size=shards + 1, balance=balance)
+
+
+def _round_robin(ds: StreamingSubjects, monkeypatch) -> list[list[int]]:
+    """What a DataLoader(num_workers=ds.num_workers, batch_size=ds.batch_size) returns, built in-process: each
+    worker's stream batched, then one batch per worker in turn, exhausted workers skipped (checked against a
+    real DataLoader in the test above)."""
+    import types
+
+    from pointillist.train import streaming
+
+    n, batch = ds.num_workers, ds.batch_size
+    streams = []
+    for w in range(n):
+        monkeypatch.setattr(streaming, "get_worker_info", lambda w=w: types.SimpleNamespace(id=w, num_workers=n))
+        ids = [r.subject_id for r in ds]
+        streams.append([ids[i:i + batch] for i in range(0, len(ids), batch)])
+    out = []
+    for k in range(max(map(len, streams))):
+        out += [s[k] for s in streams if k < len(s)]
+    return out
+
+
+@pytest.mark.parametrize("world,workers,batch", [(2, 3, 2), (3, 2, 1), (1, 3, 4)])
+def test_resume_at_every_batch_boundary_with_balance(fake, monkeypatch, world, workers, batch):
+    kw = {"world_size": world, "num_workers": workers, "batch_size": batch, "balance": True, "shuffle_buffer": 3, "seed": 5}
+    for rank in range(world):
+        ds = StreamingSubjects(fake, rank=rank, **kw)
+        ds.set_epoch(1)
+        full = _round_robin(ds, monkeypatch)
+        assert [sid for b in full for sid in b] == ds.order(1) and len(full) == ds.batches_per_epoch(1)
+        consumed = 0
+        for k in range(len(full) + 1):
+            resumed = StreamingSubjects(fake, rank=rank, **kw)
+            resumed.load_state_dict(ds.state_dict(consumed))
+            assert _round_robin(resumed, monkeypatch) == full[k:], (rank, k)
+            consumed += len(full[k]) if k < len(full) else 0
