@@ -125,11 +125,10 @@ def detect(image: np.ndarray) -> np.ndarray | None:
 
 def reenactment_akd(truth: list[np.ndarray | None], generated: list[np.ndarray | None]) -> dict:
     """AKD over frames where both landmark sets exist, and how often detection failed on either side."""
-    per_frame = [round(keypoint_distance(t, g), 3) if t is not None and g is not None else None
-                 for t, g in zip(truth, generated)]
+    per_frame = [keypoint_distance(t, g) if t is not None and g is not None else None for t, g in zip(truth, generated)]
     pairs = [d for d in per_frame if d is not None]
     n = len(truth)
     return {"akd_px": round(float(np.mean(pairs)), 3) if pairs else None,
-            "akd_frames": len(pairs), "frames": n, "akd_per_frame_px": per_frame,
+            "akd_frames": len(pairs), "frames": n, "akd_per_frame_px": [None if d is None else round(d, 3) for d in per_frame],
             "detection_failures": sum(g is None for g in generated),
             "truth_detection_failures": sum(t is None for t in truth)}
