@@ -86,9 +86,18 @@ class AvatarAnimator:
             # Exactly the canonical values at rest, so Blender/backend round trips are bit-exact.
             eye = torch.eye(3, device=dev).expand(1, len(self.means), 3, 3)
             return PosedGaussians(self.means[None].clone(), self.quats[None].clone(), self.log_scales[None].clone(), eye.clone())
+        means, quats, rot = self.pose_tensors(self.means, self.quats, expression, pose, translation)
+        return PosedGaussians(means, quats, self.log_scales[None].expand(len(means), -1, -1), rot)
+
+    def pose_tensors(self, means: torch.Tensor, quats: torch.Tensor, expression=None, pose=None, translation=None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(means (B, N, 3), quats (B, N, 4), rotations (B, N, 3, 3)) of Gaussians at `means`/`quats` posed with
+        this avatar's rig: differentiable in `means` and `quats`, so a decoder whose output is bound like this
+        avatar can be trained against photos of a posed face (the rig itself is fixed per avatar)."""
+        dev = means.device
         B = max(_batch(expression, 1), _batch(pose, 2), _batch(translation, 1))
         psi = self.head._coeffs(None if expression is None else torch.as_tensor(expression, dtype=torch.float32), self.head.num_expr, B, "expression").to(dev)
-        points = self.means[None] + torch.einsum("nce,be->bnc", self.expr_offsets, psi)
+        points = means[None] + torch.einsum("nce,be->bnc", self.expr_offsets, psi)
         R = self.head.pose_rotations(None if pose is None else torch.as_tensor(pose, dtype=torch.float32), B).to(dev)
         if self.pose_offsets is not None:
             eye = torch.eye(3, device=dev)
@@ -96,10 +105,8 @@ class AvatarAnimator:
             points = points + torch.einsum("bk,knc->bnc", feature, self.pose_offsets)
         A, _ = self.head.skinning(self.rest_joints.expand(B, -1, -1), R, None if translation is None else torch.as_tensor(translation, dtype=torch.float32).reshape(-1, 3).to(dev))
         T = blend_transforms(self.weights[None], A)  # (B, N, 4, 4)
-        means = apply_transforms(T, points)
         rot = orthonormalize(T[..., :3, :3])
-        quats = quaternion_multiply(matrix_to_quaternion(rot), self.quats[None].expand(B, -1, -1))
-        return PosedGaussians(means, quats, self.log_scales[None].expand(B, -1, -1), rot)
+        return apply_transforms(T, points), quaternion_multiply(matrix_to_quaternion(rot), quats[None].expand(B, -1, -1)), rot
 
 
 def animate(avatar: Avatar, head: HeadModel, expression=None, pose=None, translation=None) -> PosedGaussians:

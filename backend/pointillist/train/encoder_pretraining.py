@@ -29,6 +29,9 @@ from ..model.config import TokenizerConfig
 from ..render.sh import SH_C0
 from ..synth.procedural import SYNTH_STYLES
 
+#: The style target of subjects whose hair style is not a synthetic one (imported real captures): no style loss.
+IGNORE_STYLE = -100
+
 OCCUPANCY_GRID = 8
 COLOUR_GRID = 4
 POSE_SCALE_DEG = 30.0
@@ -77,7 +80,8 @@ def subject_targets(record, box: TokenizerConfig) -> dict[str, np.ndarray]:
     counts = np.bincount(flat, minlength=COLOUR_GRID ** 3).astype(np.float32)
     sums = np.stack([np.bincount(flat, rgb[:, c], minlength=COLOUR_GRID ** 3) for c in range(3)], axis=1)
     colour = (sums / np.maximum(counts, 1)[:, None]).reshape((COLOUR_GRID,) * 3 + (3,)).astype(np.float32)
-    return {"style": np.int64(SYNTH_STYLES.index(record.style)), "beard": np.float32(record.beard),
+    style = SYNTH_STYLES.index(record.style) if record.style in SYNTH_STYLES else IGNORE_STYLE  # real captures
+    return {"style": np.int64(style), "beard": np.float32(record.beard),
             "count": np.float32(record.num_ar_points), "occupancy": occ, "colour": colour,
             "colour_mask": (counts >= 8).reshape((COLOUR_GRID,) * 3).astype(np.float32)}
 
@@ -157,7 +161,8 @@ class ProxyHeads(nn.Module):
 
 def proxy_loss(pred: dict[str, Tensor], t: ProxyTargets) -> tuple[Tensor, dict[str, float]]:
     B = t.style.shape[0]
-    style = F.cross_entropy(pred["style"], t.style)
+    known = t.style != IGNORE_STYLE
+    style = F.cross_entropy(pred["style"][known], t.style[known]) if known.any() else pred["style"].sum() * 0.0
     beard = F.binary_cross_entropy_with_logits(pred["beard"][:, 0], t.beard)
     count = F.mse_loss(pred["log_count"][:, 0], t.log_count)
     occ = F.binary_cross_entropy_with_logits(pred["occupancy"], t.occupancy.reshape(B, -1))
@@ -191,7 +196,7 @@ def proxy_metrics(encoder: nn.Module, heads: ProxyHeads, bank: ViewBank, batch_s
     colour_err = (torch.sigmoid(p["colour"]).reshape(t.colour.shape) - t.colour).abs().mean(-1)
     encoder.train(was[0]), heads.train(was[1])
     return {
-        "style_accuracy": float((p["style"].argmax(1) == t.style).float().mean()),
+        "style_accuracy": float((p["style"].argmax(1) == t.style)[t.style != IGNORE_STYLE].float().mean()),
         "beard_accuracy": float(((p["beard"][:, 0] > 0).float() == t.beard).float().mean()),
         "count_error_pct": float(100 * ((p["log_count"][:, 0] - t.log_count) * std).exp().sub(1).abs().mean()),
         "occupancy_iou": float((inter / union).mean()),

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
+from ..avatar.animate import AvatarAnimator
 from ..head.model import HeadModel
 from ..model.checkpoint import load_generator, save_generator
 from ..model.config import GeneratorConfig
@@ -51,6 +52,7 @@ from ..model.point_encoder import SurfaceSampler
 from ..render.rasterize import rasterize
 from ..render.sh import SH_C0
 from .distributed import DEFAULT_TIMEOUT_S, DistContext, global_batch
+from .eval_reenact import GaussianArrays, make_avatar
 from .losses import ssim
 from .precision import PRECISIONS, Precision, resolve_precision
 
@@ -393,7 +395,7 @@ class Trainer:
             enc = m.tokenizer.encode(r.ar_points, r.ar_binding)
             with torch.no_grad(), self.precision.autocast():
                 hidden = teacher_forced_hidden(m, enc.tokens, cond[b:b + 1])
-            loss, s = self._decoder_sample_loss(r, enc.points, hidden, rng)
+            loss, s = self._decoder_sample_loss(r, enc.points, enc.binding, hidden, rng)
             total = total + loss
             _accumulate(stats, s)
         n = len(records)
@@ -416,13 +418,13 @@ class Trainer:
                 hidden, logits = teacher_forced_pass(m, enc.tokens, cond[b:b + 1])
             with self.precision.full_precision():
                 ce = F.cross_entropy(logits.float(), torch.as_tensor(enc.tokens[1:], device=self.device))
-            dec, s = self._decoder_sample_loss(r, enc.points, hidden, rng)
+            dec, s = self._decoder_sample_loss(r, enc.points, enc.binding, hidden, rng)
             total = total + c.ar_weight * ce + c.decoder_weight * dec
             _accumulate(stats, {"ar_ce": float(ce.detach()), "decoder": float(dec.detach()), **s})
         n = len(records)
         return total / n, {k: v / n for k, v in stats.items()}
 
-    def _decoder_sample_loss(self, r, ar_points: np.ndarray, hidden: torch.Tensor,
+    def _decoder_sample_loss(self, r, ar_points: np.ndarray, ar_binding: np.ndarray, hidden: torch.Tensor,
                              rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
         """One subject: decode, render `views_per_step` views (fp32) and compare; 3D terms to the truth."""
         m, dev = self.model, self.device
@@ -436,12 +438,16 @@ class Trainer:
             log_scales = g.log_scales[0].float()
             scales, opac = log_scales.exp(), torch.sigmoid(g.opacity_logits[0].float())
             colours = (0.5 + SH_C0 * g.sh_dc[0].float()).clamp_min(0)
-            # canonical Gaussians render the rest pose: a view rendered with an expression or pose (engine v2's
-            # portrait) would be a wrong target, so only rest views are compared (v1 records: all of them)
-            rest = [v for v in range(len(r.images)) if not r.is_posed(v)]
-            views = rng.choice(rest, size=min(self.cfg.views_per_step, len(rest)), replace=False)
+            views = rng.choice(len(r.images), size=min(self.cfg.views_per_step, len(r.images)), replace=False)
+            animator = None
             photo = 0.0
             for v in views:
+                view_means, view_quats = means, quats
+                if r.is_posed(v):  # engine v2's portrait, every real capture: pose the decoded Gaussians like the photo
+                    animator = animator or self._animator(r, g, ar_binding)
+                    expression = r.expressions[v] if r.expressions.shape[1] else None
+                    posed_means, posed_quats, _ = animator.pose_tensors(means, quats, expression, r.poses[v])
+                    view_means, view_quats = posed_means[0], posed_quats[0]
                 full = r.images[v].shape[0]
                 K = torch.as_tensor(r.Ks[v], dtype=torch.float32).clone()
                 K[:2] *= S / full
@@ -452,7 +458,7 @@ class Trainer:
                 mask = F.interpolate(mask, size=(S, S), mode="bilinear", antialias=True, align_corners=False)
                 # the dataset's own background is replaced by a random one through the matte
                 target = img * mask + bg.view(1, 3, 1, 1) * (1 - mask)
-                out = rasterize(means, quats, scales, opac, viewmat=torch.as_tensor(r.viewmats[v], dtype=torch.float32, device=dev),
+                out = rasterize(view_means, view_quats, scales, opac, viewmat=torch.as_tensor(r.viewmats[v], dtype=torch.float32, device=dev),
                                 K=K.to(dev), width=S, height=S, colors=colours, background=bg, backend="torch")
                 pred = out.rgb.permute(2, 0, 1)[None]
                 l1 = (pred - target).abs().mean()
@@ -479,6 +485,12 @@ class Trainer:
         stats["colour"] = float(colour.detach())
         stats["chamfer_cm"] = float(chamfer.detach()) / 2
         return loss, stats
+
+    def _animator(self, r, g, ar_binding: np.ndarray) -> AvatarAnimator:
+        """The rig of the decoded Gaussians (each point's triangle, barycentrics on the subject's identity mesh),
+        built from detached values: posing with it stays differentiable in the Gaussians themselves."""
+        arrays = GaussianArrays.from_decoder(g, ar_binding, g.means.shape[1] // len(ar_binding))
+        return AvatarAnimator(make_avatar(arrays, self.head, r.shape), self.head, device=self.device)
 
     # ------------------------------------------------------------------ loop
     def lr_at(self, step: int) -> float:
