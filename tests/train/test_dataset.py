@@ -581,3 +581,48 @@ def test_cli_contact_sheet_random_and_synth(tiny, tmp_path, capsys):
     with pytest.raises(DatasetError, match="--synth"):
         args = _parser().parse_args(["dataset", "contact-sheet", "-o", str(out)])
         args.func(args)
+
+
+@pytest.mark.slow
+def test_a_killed_parallel_build_leaves_no_worker_processes(tmp_path):
+    """SIGKILL the builder mid-way: its spawned pool workers notice and exit instead of sleeping forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not Path("/proc").is_dir():
+        pytest.skip("reads children from /proc")
+
+    def children(pid: int) -> set[int]:
+        out = set()
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.add(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+        return out
+
+    proc = subprocess.Popen([sys.executable, "-m", "pointillist.cli", "dataset", "build", "-o", str(tmp_path / "d"),
+                             "--subjects", "400", "--views", "1", "--image-size", "32", "--shard-size", "2",
+                             "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := children(proc.pid) - {proc.pid}) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(workers) >= 2, "the pool never started"
+        while not list((tmp_path / "d").glob("shard-*.npz")) and time.monotonic() < deadline:
+            time.sleep(0.2)  # workers are busy building, not just starting
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 30
+        while (alive := {w for w in workers if Path(f"/proc/{w}").exists()
+                         and (Path(f"/proc/{w}") / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"}) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive, f"orphaned pool workers: {sorted(alive)}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -922,6 +922,7 @@ def _build_one_shard(root: str, config_json: dict, shard: int) -> tuple[dict, li
 
 
 def _worker_init() -> None:
+    _exit_with_parent()
     torch.set_num_threads(1)
     try:
         import numba
@@ -929,6 +930,21 @@ def _worker_init() -> None:
         numba.set_num_threads(1)
     except (ImportError, ValueError):  # numba missing (the torch rasterizer is used) or refuses
         return
+
+
+def _exit_with_parent(poll_s: float = 1.0) -> None:
+    """A pool worker whose builder was killed (SIGTERM, SIGKILL) would wait on its pipe forever: a daemon
+    thread ends it once the parent is gone (it is re-parented), so a killed build leaves no processes behind."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def build_dataset(out_dir: str | os.PathLike, config: DatasetConfig = DatasetConfig(), *, workers: int = 1,
