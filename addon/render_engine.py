@@ -226,11 +226,11 @@ def backend_client():
 def render_frame(client, splats: list[PosedSplats], view: rb.View, background: np.ndarray | None,
                  want_depth: bool, timings: dict | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """The film from the backend: RGBA (H, W, 4) scene-linear premultiplied and depth (H, W) or None, bottom
-    row first (`rb.render_request` asks for Blender's layout), as views of the answer; registers objects it
-    lacks (once, or after a 404)."""
+    row first (`rb.render_request` asks for Blender's layout; only the covered block travels, pasted into the
+    empty film here); registers objects it lacks (once, or after a 404)."""
     from pointillist.server.render_payload import (
         FrameObject,
-        decode_raw_image,
+        decode_film_image,
         encode_object,
         encode_render,
     )
@@ -257,8 +257,9 @@ def render_frame(client, splats: list[PosedSplats], view: rb.View, background: n
         register(True)
         answer, backend_ms = client.render(body)
     t2 = time.perf_counter()
-    rgba, depth = decode_raw_image(answer, film=True)
+    rgba, depth = decode_film_image(answer)
     if timings is not None:
+        timings["decode"] = timings.get("decode", 0.0) + (time.perf_counter() - t2)
         timings["encode"] = timings.get("encode", 0.0) + (t1 - t0)
         timings["backend_roundtrip"] = timings.get("backend_roundtrip", 0.0) + (t2 - t1)
         for step, ms in backend_ms.items():
@@ -326,7 +327,7 @@ class PointillistRenderEngine(bpy.types.RenderEngine):
         if self.test_break():
             return
         self.update_progress(0.8)
-        t1 = time.perf_counter()  # the backend answered in the passes' own layout: reshaped views, no copies
+        t1 = time.perf_counter()  # the backend answered in the passes' own layout: reshaped views, no conversion
         combined = rb.film_pixels(rgba)
         z = depth.reshape(-1, 1) if depth is not None else None
         timings["convert"] = time.perf_counter() - t1

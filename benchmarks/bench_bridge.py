@@ -149,14 +149,14 @@ def main() -> None:
         return statistics.median(r.get(key, 0.0) for r in result["rows"]) * 1000
 
     stages = {k: med(k) for k in ("pose", "encode", "backend_roundtrip", "backend_parse", "backend_render",
-                                  "backend_rasterize", "backend_output", "convert", "write_result", "total", "wall")}
+                                  "backend_rasterize", "backend_output", "decode", "convert", "write_result", "total", "wall")}
     # Per frame, from that frame's own clocks (so machine load between this and the direct run cancels out):
     # transport = the round trip minus the backend's rasterize step (its Server-Timing header), i.e. HTTP both
     # ways, parsing, the hop to the render thread and the film conversion into the response buffer.
     for r in result["rows"]:
         r["transport"] = r["backend_roundtrip"] - r.get("backend_rasterize", 0.0)
         r["http"] = r["backend_roundtrip"] - r.get("backend_render", 0.0) - r.get("backend_parse", 0.0)
-        r["overhead"] = r["pose"] + r["encode"] + r["transport"] + r["convert"]
+        r["overhead"] = r["pose"] + r["encode"] + r["transport"] + r.get("decode", 0.0) + r["convert"]
     transport, http, overhead = med("transport"), med("http"), med("overhead")
     blender_other = stages["wall"] - stages["total"]
     print(f"Blender {result['blender']}, CPU, {result['n']:,} Gaussians, {SIZE}x{SIZE}, median of {len(result['rows'])} frames")
@@ -170,7 +170,8 @@ def main() -> None:
                          ("bridge: transport (round trip - the backend's rasterize step)", transport),
                          ("  of which HTTP both ways (round trip - the backend's own time)", http),
                          ("  of which film conversion into the response (backend)", stages["backend_output"]),
-                         ("bridge: add-on conversion to Combined/Z (a reshape of the film answer)", stages["convert"]),
+                         ("bridge: add-on pastes the covered block into the empty film", stages["decode"]),
+                         ("bridge: add-on conversion to Combined/Z (a reshape of the film)", stages["convert"]),
                          ("bridge overhead, total", overhead),
                          ("Blender: writing the render result", stages["write_result"]),
                          ("Blender: everything else in the operator", blender_other)):

@@ -25,6 +25,7 @@ from pointillist.server.render_payload import (
     PayloadError,
     PayloadLimits,
     RenderRequest,
+    decode_film_image,
     decode_raw_image,
     encode_object,
     encode_render,
@@ -104,14 +105,30 @@ def test_film_layout_is_the_film_conversion_of_the_plain_render(app, background)
     r = app.request("POST", "/v1/render", content=encode_render(replace(plain, film=True, transparent=background is None)),
                     headers=OCTET)
     assert r.status_code == 200
-    film_rgba, film_depth = decode_raw_image(r.content, film=True)
+    film_rgba, film_depth = decode_film_image(r.content)
     expected, expected_depth = np.empty_like(film_rgba), np.empty_like(film_depth)
     film_passes(rgba[..., :3], rgba[..., 3], depth, background is None, expected, expected_depth)
-    np.testing.assert_array_equal(film_rgba, expected)
+    np.testing.assert_array_equal(film_rgba, expected)  # the block and the fill around it, exactly
     np.testing.assert_array_equal(film_depth, expected_depth)
     assert film_rgba[..., 3].max() > 0.5 and (film_rgba[..., 3].min() == 1.0) == (background is not None)
+    covered = (rgba[..., 3] > 0).any(axis=1).sum() * (rgba[..., 3] > 0).any(axis=0).sum()
+    assert len(r.content) == 64 + 20 * covered < 16 + 20 * rgba[..., 3].size  # only the covered block travels
     with pytest.raises(PayloadError, match="film layout"):
         decode_raw_image(r.content)  # a client that did not ask for it never misreads it
+    with pytest.raises(PayloadError, match="bytes do not match"):
+        decode_film_image(r.content[:-4])
+
+
+def test_a_frame_with_nothing_in_view_is_the_empty_film(app):
+    from dataclasses import replace
+
+    attrs, means, quats = scene(50, seed=8)
+    assert app.request("PUT", "/v1/objects/away", content=encode_object(attrs), headers=OCTET).status_code == 200
+    beyond_far = replace(frame([("away", means, quats)], background=(0.5, 0.5, 0.5)), far=0.02, film=True)
+    r = app.request("POST", "/v1/render", content=encode_render(beyond_far), headers=OCTET)
+    rgba, depth = decode_film_image(r.content)
+    assert len(r.content) == 64 and (depth == 1e10).all() and (rgba[..., 3] == 1).all()
+    np.testing.assert_allclose(rgba[..., :3], 0.21404, atol=3e-5)  # sRGB 0.5, linearised
 
 
 def test_render_png_and_several_objects(app):

@@ -115,3 +115,23 @@ def film_passes(rgb: np.ndarray, alpha: np.ndarray, depth: np.ndarray | None, tr
     depth = np.ascontiguousarray(depth, np.float32) if with_depth else alpha
     _film_kernel(rgb, alpha, depth, SRGB_TO_LINEAR_LUT, bool(transparent), out_rgba,
                  out_depth if with_depth else _NO_DEPTH, with_depth)
+
+
+def covered_block(alpha: np.ndarray) -> tuple[int, int, int, int]:
+    """(first row, end row, first column, end column), top-down, of the smallest block holding every pixel with
+    alpha > 0; (0, 0, 0, 0) when nothing is covered. Outside it the film is `empty_pixel` everywhere."""
+    rows = np.flatnonzero((alpha > 0).any(axis=1))
+    if not rows.size:
+        return 0, 0, 0, 0
+    cols = np.flatnonzero((alpha[rows[0]:rows[-1] + 1] > 0).any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def empty_pixel(background: np.ndarray, transparent: bool) -> np.ndarray:
+    """The film RGBA of a pixel no splat covers (alpha 0, so the render holds exactly the background there),
+    by the same arithmetic as `film_passes`: 0 0 0 0 on a transparent film, else the linearised background
+    with alpha 1."""
+    out = np.empty((1, 1, 4), np.float32)
+    film_passes_numpy(np.asarray(background, np.float32).reshape(1, 1, 3), np.zeros((1, 1), np.float32), None,
+                      transparent, out, None)
+    return out[0, 0]

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..render.film import film_passes
+from ..render.film import FAR_DEPTH, covered_block, empty_pixel, film_passes
 from .config import Limits
 from .errors import ApiError
 from .render_payload import (
@@ -27,6 +27,7 @@ from .render_payload import (
     PayloadError,
     PayloadLimits,
     RenderRequest,
+    film_image_buffer,
     raw_image_buffer,
 )
 
@@ -216,10 +217,15 @@ class Renderer:
 
     @staticmethod
     def _output(request: RenderRequest, out) -> tuple[bytes | memoryview, str]:
-        if request.raw and request.film:  # converted while copied into the response buffer
-            buffer, rgba_view, depth_view = raw_image_buffer(request.width, request.height, request.want_depth, film=True)
-            film_passes(out.rgb.float().cpu().numpy(), out.alpha.float().cpu().numpy(),
-                        out.depth.float().cpu().numpy() if depth_view is not None else None,
+        if request.raw and request.film:  # the covered block, converted while copied into the response buffer
+            alpha = out.alpha.float().cpu().numpy()
+            r0, r1, c0, c1 = covered_block(alpha)
+            block = (c0, request.height - r1, c1 - c0, r1 - r0)  # film rows count from the bottom
+            buffer, rgba_view, depth_view = film_image_buffer(
+                request.width, request.height, block, empty_pixel(request.background, request.transparent),
+                FAR_DEPTH, request.want_depth)
+            film_passes(out.rgb[r0:r1, c0:c1].float().cpu().numpy(), alpha[r0:r1, c0:c1],
+                        out.depth[r0:r1, c0:c1].float().cpu().numpy() if depth_view is not None else None,
                         request.transparent, rgba_view, depth_view)
             return memoryview(buffer), "application/octet-stream"
         if request.raw:  # written straight into the response buffer

@@ -55,12 +55,21 @@ Raw render response (`RAW`), `Content-Type: application/octet-stream`:
 
     0       4 bytes     magic b"PTIM"
     4       uint16      version = 1
-    6       uint16      flags: bit 0 HAS_DEPTH, bit 1 FILM (the request's FILM layout)
+    6       uint16      flags: bit 0 HAS_DEPTH, bit 1 FILM (the request's FILM layout, below)
     8       uint32      width
     12      uint32      height
     16      float32     H*W*4 RGBA, row-major from the top row; RGB is display sRGB composited over the
-                        background (with FILM: the film layout above)
-            float32     H*W depth (camera z, 0 where alpha is 0; with FILM: FAR_DEPTH), only with HAS_DEPTH
+                        background
+            float32     H*W depth (camera z, 0 where alpha is 0), only with HAS_DEPTH
+
+With FILM the pixels come in film layout and only the block that holds every covered pixel is sent (a head
+rarely fills the frame; outside the block every pixel is the empty film):
+
+    16      4 uint32    x0, y0, w, h: the block, y0 counted from the bottom row (w = h = 0: nothing covered)
+    32      4 float32   RGBA of every pixel outside the block (0 0 0 0, or the linearised background, alpha 1)
+    48      float32     depth outside the block (FAR_DEPTH)
+    52      12 bytes    reserved, zero
+    64      float32     w*h*4 RGBA of the block, rows bottom first; then w*h depth, only with HAS_DEPTH
 
 Otherwise the response is `image/png`, 8-bit RGBA of the same pixels.
 """
@@ -82,10 +91,12 @@ OBJECT_HEADER = struct.Struct("<4sHHIB3s")  # 16 bytes
 RENDER_HEADER = struct.Struct("<4sHHIIIff3f16f9fI")  # 144 bytes
 RECORD_HEADER = struct.Struct("<IHH")  # 8 bytes
 IMAGE_HEADER = struct.Struct("<4sHHII")  # 16 bytes
+FILM_HEADER = struct.Struct("<IIII4ff12x")  # 48 bytes after IMAGE_HEADER
 OBJECT_ID_RE = re.compile(rb"[A-Za-z0-9_-]{1,64}")
 F32 = np.dtype("<f4")
 
 assert OBJECT_HEADER.size == 16 and RENDER_HEADER.size == 144 and RECORD_HEADER.size == 8
+assert FILM_HEADER.size == 48
 
 
 class PayloadError(ValueError):
@@ -321,19 +332,34 @@ def parse_render(body: bytes, limits: PayloadLimits = PayloadLimits()) -> Render
 
 
 # ------------------------------------------------------------------------------------ images
-def raw_image_buffer(width: int, height: int, with_depth: bool, film: bool = False
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def raw_image_buffer(width: int, height: int, with_depth: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(whole response as a uint8 buffer with its header written, RGBA view (H, W, 4), depth view (H, W) or None).
 
     The renderer writes pixels straight into the views, so the response is built without extra copies.
     """
     pixels = width * height
     buffer = np.empty(IMAGE_HEADER.size + 4 * pixels * (5 if with_depth else 4), np.uint8)
-    flags = (HAS_DEPTH if with_depth else 0) | (FILM_IMAGE if film else 0)
-    IMAGE_HEADER.pack_into(buffer, 0, IMAGE_MAGIC, VERSION, flags, width, height)
+    IMAGE_HEADER.pack_into(buffer, 0, IMAGE_MAGIC, VERSION, HAS_DEPTH if with_depth else 0, width, height)
     body = buffer[IMAGE_HEADER.size:].view(F32)
     rgba = body[: 4 * pixels].reshape(height, width, 4)
     depth = body[4 * pixels:].reshape(height, width) if with_depth else None
+    return buffer, rgba, depth
+
+
+def film_image_buffer(width: int, height: int, block: tuple[int, int, int, int], fill_rgba: np.ndarray,
+                      fill_depth: float, with_depth: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A FILM response: (buffer with both headers written, the block's RGBA view (h, w, 4), depth view or None)."""
+    x0, y0, w, h = block
+    if not (0 <= x0 and 0 <= y0 and x0 + w <= width and y0 + h <= height):
+        raise PayloadError(f"film block {block} is outside the {width}x{height} frame")
+    start = IMAGE_HEADER.size + FILM_HEADER.size
+    buffer = np.empty(start + 4 * w * h * (5 if with_depth else 4), np.uint8)
+    IMAGE_HEADER.pack_into(buffer, 0, IMAGE_MAGIC, VERSION, FILM_IMAGE | (HAS_DEPTH if with_depth else 0), width, height)
+    FILM_HEADER.pack_into(buffer, IMAGE_HEADER.size, x0, y0, w, h, *np.asarray(fill_rgba, np.float32).reshape(4),
+                          float(fill_depth))
+    body = buffer[start:].view(F32)
+    rgba = body[: 4 * w * h].reshape(h, w, 4)
+    depth = body[4 * w * h:].reshape(h, w) if with_depth else None
     return buffer, rgba, depth
 
 
@@ -346,17 +372,45 @@ def encode_raw_image(rgba: np.ndarray, depth: np.ndarray | None = None) -> bytes
     return buffer.tobytes()
 
 
-def decode_raw_image(body: bytes, film: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_film_image(body: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+    """(RGBA (H, W, 4), depth (H, W) or None) in film layout from a FILM response: the empty film with the
+    sent block pasted in (what a DCC writes to its passes)."""
+    if len(body) < IMAGE_HEADER.size + FILM_HEADER.size:
+        raise PayloadError("film image: shorter than its headers")
+    magic, version, flags, width, height = IMAGE_HEADER.unpack_from(body, 0)
+    if magic != IMAGE_MAGIC or version != VERSION or flags & ~(HAS_DEPTH | FILM_IMAGE):
+        raise PayloadError("film image: bad magic, version or flags")
+    if not flags & FILM_IMAGE:
+        raise PayloadError("film image: the film layout was asked for and not given (a backend older than this client?)")
+    x0, y0, w, h, *fill = FILM_HEADER.unpack_from(body, IMAGE_HEADER.size)
+    with_depth = bool(flags & HAS_DEPTH)
+    start = IMAGE_HEADER.size + FILM_HEADER.size
+    if x0 + w > width or y0 + h > height:
+        raise PayloadError(f"film image: block {(x0, y0, w, h)} is outside the {width}x{height} frame")
+    if len(body) != start + 4 * w * h * (5 if with_depth else 4):
+        raise PayloadError(f"film image: {len(body)} bytes do not match a {w}x{h} block")
+    fill_rgba = np.asarray(fill[:4], np.float32)
+    rgba = np.zeros((height, width, 4), np.float32) if not fill_rgba.any() else np.empty((height, width, 4), np.float32)
+    if fill_rgba.any():
+        rgba[...] = fill_rgba
+    rgba[y0:y0 + h, x0:x0 + w] = np.frombuffer(body, F32, count=w * h * 4, offset=start).reshape(h, w, 4)
+    depth = None
+    if with_depth:
+        depth = np.full((height, width), fill[4], np.float32)
+        depth[y0:y0 + h, x0:x0 + w] = np.frombuffer(body, F32, count=w * h, offset=start + 16 * w * h).reshape(h, w)
+    return rgba, depth
+
+
+def decode_raw_image(body: bytes) -> tuple[np.ndarray, np.ndarray | None]:
     """(RGBA (H, W, 4), depth (H, W) or None) from a raw render response (for clients and tests), as read-only
-    views of `body`; `film` says which layout was asked for, and a response in the other one is refused."""
+    views of `body`. A FILM response is refused here: `decode_film_image` reads it."""
     if len(body) < IMAGE_HEADER.size:
         raise PayloadError("raw image: shorter than its header")
     magic, version, flags, w, h = IMAGE_HEADER.unpack_from(body, 0)
     if magic != IMAGE_MAGIC or version != VERSION or flags & ~(HAS_DEPTH | FILM_IMAGE):
         raise PayloadError("raw image: bad magic, version or flags")
-    if bool(flags & FILM_IMAGE) != film:
-        raise PayloadError("raw image: the film layout was asked for and not given (a backend older than "
-                           "this client?)" if film else "raw image: an unrequested film layout")
+    if flags & FILM_IMAGE:
+        raise PayloadError("raw image: a film layout (read it with decode_film_image)")
     expected = IMAGE_HEADER.size + 4 * w * h * (5 if flags & HAS_DEPTH else 4)
     if len(body) != expected:
         raise PayloadError(f"raw image: {len(body)} bytes, expected {expected}")
