@@ -180,3 +180,13 @@ def test_eval_cli_writes_a_side_by_side_table_json_and_sheet(data, head, tmp_pat
 def test_eval_refuses_missing_checkpoints_and_the_old_name_still_works(data, tmp_path, capsys):
     code = main(["evaluate", "--checkpoint", str(tmp_path / "nope.safetensors"), "--data", str(data)])
     assert code == 2 and "nope.safetensors" in capsys.readouterr().err
+
+
+def test_novel_view_metrics_use_only_rest_pose_views(data):
+    from pointillist.train.evaluate import _novel_views
+
+    record = load_subject(data, 9)
+    assert _novel_views(record) == [1]  # view 0 is the portrait
+    record.poses = record.poses.copy()
+    record.poses[1, 2, 0] = 0.2  # a jaw-open view 1 cannot be compared with rest-pose renders
+    assert _novel_views(record) == []

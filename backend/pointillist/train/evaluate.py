@@ -107,6 +107,12 @@ def _render(g, record, v: int, size: int) -> torch.Tensor:
                         scaled_K(record.Ks[v], record.images.shape[1], size), size)
 
 
+def _novel_views(record) -> list[int]:
+    """Views 1.. rendered at the rest pose (engine v2 may pose a view; the canonical avatars are compared at rest)."""
+    posed = getattr(record, "is_posed", lambda v: False)
+    return [v for v in range(1, record.num_views) if not posed(v)]
+
+
 def _template_points(head: HeadModel, shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The identity mesh's vertices (skin parts), each bound to the first skin triangle holding it."""
     data = head.data
@@ -200,14 +206,14 @@ def evaluate_many(checkpoints: list[str], config: EvalConfig, head: HeadModel | 
         truth, ref = _truth(record, head, config, frames)
         reference.append(ref)
         sheet_row = {"label": f"{sid} {record.style}", "input": record.images[0],
-                     "truth": {"front": truth["front"], "novel": truth["novel"][0],
+                     "truth": {"front": truth["front"], "novel": (truth["novel"] or [truth["front"]])[0],
                                "posed": truth["posed"][sheet_frame] if frames else truth["front"]},
                      "generated": []}
         for k, (model, _) in enumerate(models):
             row, images = _evaluate_subject(model, samplers[model.config.points.num_points], head, record, config,
                                             frames, truth)
             rows[k].append(row)
-            sheet_row["generated"].append({"front": images["front"], "novel": images["novel"][0],
+            sheet_row["generated"].append({"front": images["front"], "novel": (images["novel"] or [images["front"]])[0],
                                            "posed": images["posed"][sheet_frame] if frames else images["front"]})
             log(f"[{n + 1}/{len(ids)}] {names[k]}: " + " ".join(f"{key}={row[key]}" for key in _LOG_KEYS))
         sheet_rows.append(sheet_row)
@@ -236,10 +242,10 @@ def _truth(record, head: HeadModel, config: EvalConfig, frames: list) -> tuple[d
     size = config.reenact_size
     K = scaled_K(record.Ks[0], record.images.shape[1], size)
     with torch.no_grad():
-        novel = [_render(g, record, v, config.render_size) for v in range(1, record.num_views)]
+        novel = [_render(g, record, v, config.render_size) for v in _novel_views(record)]
         front = to_uint8(_render(g, record, 0, size))
         posed = posed_renders(make_avatar(g, head, record.shape), head, frames, record.viewmats[0], K, size) if frames else []
-    targets = [_target(record, v, config.render_size) for v in range(1, record.num_views)]
+    targets = [_target(record, v, config.render_size) for v in _novel_views(record)]
     neutral = detect(front)
     landmarks = [detect(img) for img in posed]
     motion = reenactment_akd(landmarks, [neutral] * len(landmarks)) if frames else {"akd_px": None}
@@ -267,9 +273,9 @@ def _evaluate_subject(model, sampler, head: HeadModel, record, config: EvalConfi
         tpts, tbind = _template_points(head, record.shape)
         enc = model.tokenizer.encode(tpts, tbind)
         ablation = model.decoder(torch.as_tensor(enc.points)[None], teacher_forced_hidden(model, enc.tokens, cond)[None])
-        scores: dict[str, list[float]] = defaultdict(list)
+        scores: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "psnr_template_positions", "ssim_template_positions")}
         novel = []
-        for v, target in zip(range(1, record.num_views), truth["targets"]):
+        for v, target in zip(_novel_views(record), truth["targets"]):
             for out, key in ((decoded, ""), (ablation, "_template_positions")):
                 img = _render(out, record, v, config.render_size)
                 scores["psnr" + key].append(metrics.psnr(img, target))
