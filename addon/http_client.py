@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -94,6 +95,7 @@ class Client:
         self.endpoint = Endpoint.parse(url)
         self.token = token
         self.timeout = timeout
+        self._kept = threading.local()  # one kept-alive connection per thread for frames (render())
 
     # -------------------------------------------------------------------------------- plumbing
     def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
@@ -216,19 +218,48 @@ class Client:
 
         An unknown object raises BackendError code `unknown_object` (status 404): register it and retry.
         """
-        conn, response = self._send("POST", "/v1/render", body,
-                                    {"Content-Type": "application/octet-stream",
-                                     "Accept": "application/octet-stream, image/png, application/json"}, timeout, True)
-        try:
+        headers = {"User-Agent": USER_AGENT, "Authorization": f"Bearer {self.token}",
+                   "Content-Type": "application/octet-stream",
+                   "Accept": "application/octet-stream, image/png, application/json"}
+        for attempt in range(2):  # frames reuse one connection (a new one costs ~1 ms a frame on loopback)
+            conn = getattr(self._kept, "conn", None)
+            fresh = conn is None
+            if fresh:
+                conn = self._kept.conn = self._connection(timeout)
+            elif conn.sock is not None:
+                conn.sock.settimeout(timeout)
             try:
+                conn.request("POST", self.endpoint.prefix + "/v1/render", body=body, headers=headers)
+                response = conn.getresponse()
                 payload = response.read()
+                break
             except (OSError, http.client.HTTPException) as exc:
-                raise BackendError("unreachable", f"the backend at {self.url} dropped the connection ({exc})") from None
-        finally:
-            conn.close()
+                self.close_kept()
+                # the server closes idle kept connections (a few seconds): a frame is idempotent, so one retry
+                # on a fresh connection; anything else, or a failure on a fresh one, is the backend being gone
+                if not fresh and attempt == 0 and isinstance(exc, _STALE_CONNECTION):
+                    continue
+                reason = "timed out" if isinstance(exc, (socket.timeout, TimeoutError)) else \
+                    (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
+                raise BackendError("unreachable", f"cannot reach the backend at {self.url} ({reason}); is it running?"
+                                   ) from None
+        if response.will_close:
+            self.close_kept()
         if response.status >= 400:
             self._decode(response.status, payload[: 1 << 20])
         return payload, server_timing(response.getheader("Server-Timing", ""))
+
+
+    def close_kept(self) -> None:
+        """Close this thread's kept-alive frame connection (the next frame opens a new one)."""
+        conn = getattr(self._kept, "conn", None)
+        self._kept.conn = None
+        if conn is not None:
+            conn.close()
+
+
+_STALE_CONNECTION = (http.client.RemoteDisconnected, http.client.CannotSendRequest, http.client.BadStatusLine,
+                     ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
 def server_timing(header: str) -> dict[str, float]:

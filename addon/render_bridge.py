@@ -151,11 +151,16 @@ def orthonormalize(M: np.ndarray, iterations: int = 5) -> np.ndarray:
     """Closest rotation to each 3x3 matrix by Newton's polar iteration X <- (X + X^-T) / 2 — the same
     iteration as `pointillist.head.lbs.orthonormalize` (numpy here: the add-on never imports torch)."""
     X = np.asarray(M, dtype=np.float64)
-    for _ in range(iterations):
-        c0, c1, c2 = X[..., :, 0], X[..., :, 1], X[..., :, 2]
-        cof = np.stack([np.cross(c1, c2), np.cross(c2, c0), np.cross(c0, c1)], axis=-1)
-        det = np.einsum("...i,...i->...", c0, cof[..., :, 0])[..., None, None]
-        X = 0.5 * (X + cof / det)
+    for _ in range(iterations):  # cofactors written out: np.cross costs 1.5x as much on every frame
+        a0, a1, a2 = X[..., 0, 0], X[..., 1, 0], X[..., 2, 0]
+        b0, b1, b2 = X[..., 0, 1], X[..., 1, 1], X[..., 2, 1]
+        c0, c1, c2 = X[..., 0, 2], X[..., 1, 2], X[..., 2, 2]
+        cof = np.empty_like(X)  # columns: b x c, c x a, a x b
+        cof[..., 0, 0], cof[..., 1, 0], cof[..., 2, 0] = b1 * c2 - b2 * c1, b2 * c0 - b0 * c2, b0 * c1 - b1 * c0
+        cof[..., 0, 1], cof[..., 1, 1], cof[..., 2, 1] = c1 * a2 - c2 * a1, c2 * a0 - c0 * a2, c0 * a1 - c1 * a0
+        cof[..., 0, 2], cof[..., 1, 2], cof[..., 2, 2] = a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0
+        det = a0 * cof[..., 0, 0] + a1 * cof[..., 1, 0] + a2 * cof[..., 2, 0]
+        X = 0.5 * (X + cof / det[..., None, None])
     return X
 
 

@@ -62,3 +62,62 @@ def test_server_timing_header_is_read_leniently():
     assert server_timing("parse;dur=0.18, render;dur=44.90") == {"parse": 0.18, "render": 44.9}
     assert server_timing('cache;desc="hit", db;dur=abc, total;dur=3') == {"total": 3.0}
     assert server_timing("") == {}
+
+
+class _FrameServer:
+    """A keep-alive HTTP/1.1 server answering POST /v1/render, counting connections; `close_after` makes it
+    drop each connection after answering (as a server does with idle kept connections)."""
+
+    def __init__(self, close_after: bool = False):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        owner = self
+        self.connections = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def setup(self):
+                super().setup()
+                owner.connections += 1
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Server-Timing", "render;dur=1.5")
+                self.end_headers()
+                self.wfile.write(body[::-1])
+                if close_after:
+                    self.close_connection = True
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("close_after", [False, True])
+def test_frames_reuse_one_connection_and_survive_the_server_closing_it(close_after):
+    server = _FrameServer(close_after)
+    try:
+        client = Client(server.url, "t" * 43)
+        for i in range(3):
+            payload, timing = client.render(b"frame%d" % i)
+            assert payload == (b"frame%d" % i)[::-1] and timing == {"render": 1.5}
+        # kept alive: one connection for three frames; a server that closes it costs a reconnect, never a failure
+        assert server.connections == (3 if close_after else 1)
+    finally:
+        server.stop()
+    client.close_kept()  # (the stdlib test server keeps serving open connections after shutdown)
+    with pytest.raises(BackendError, match="cannot reach the backend") as info:
+        client.render(b"after the server stopped")
+    assert info.value.code == "unreachable"
