@@ -20,7 +20,7 @@ from gsplat.cuda._torch_impl import (_fully_fused_projection, _persp_proj,
 from scipy.spatial.transform import Rotation
 
 import pointillist.render.rasterize as rz
-from pointillist.render import fast_cpu
+from pointillist.render import fast_cpu, jit
 from pointillist.render.camera import K_from_focal, look_at, orbit_viewmat
 from pointillist.render.rasterize import (RenderOutput, covariance_3d, project_gaussians,
                                           rasterize)
@@ -458,7 +458,7 @@ def test_fast_path_matches_torch_on_head_scene():
 
 def _parallel_sum(x):
     total = 0.0
-    for i in fast_cpu.prange(x.shape[0]):
+    for i in jit.prange(x.shape[0]):
         total += x[i]
     return total
 
@@ -466,16 +466,16 @@ def _parallel_sum(x):
 @needs_numba
 def test_kernel_compiles_without_a_cache_location(monkeypatch):
     """numba rejects cache=True when no cache directory is writable; that must not matter."""
-    real = fast_cpu.numba.njit
+    real = jit.numba.njit
 
     def njit(*args, cache=False, **kwargs):
         if cache:
             raise RuntimeError("cannot cache function: no locator available")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fast_cpu.numba, "njit", njit)
+    monkeypatch.setattr(jit.numba, "njit", njit)
 
-    assert fast_cpu._jit(_parallel_sum)(np.arange(10.0)) == 45.0
+    assert jit.parallel_jit(_parallel_sum)(np.arange(10.0)) == 45.0
 
 
 def test_auto_backend_selection(monkeypatch):

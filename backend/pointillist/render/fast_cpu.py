@@ -11,24 +11,14 @@ cannot be imported; ``rasterize`` then uses the torch path.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .jit import AVAILABLE, numba, parallel_jit, prange
 from .rasterize import (ALPHA_THRESHOLD, MAX_ALPHA, T_THRESHOLD, TILE_SIZE, ProjectedGaussians,
                         TileBins)
-
-try:
-    import numba
-    from numba import prange
-
-    AVAILABLE = True
-except Exception:  # pragma: no cover - exercised only where numba is missing
-    numba = None
-    prange = range
-    AVAILABLE = False
 
 # Columns of the packed per-intersection table the kernel reads sequentially: mean, conic,
 # opacity, the level L = ln(255 o) (alpha >= 1/255 needs sigma <= L), the half-height of that
@@ -39,21 +29,7 @@ _MX, _MY, _CA, _CB, _CC, _OP, _LEVEL, _EY, _FEAT0 = range(9)
 _SPAN_PAD = 0.01
 
 
-def _jit(fn: Callable) -> Callable:
-    """Parallel njit with an on-disk cache when one can be written (JIT takes seconds).
-
-    numba refuses ``cache=True`` at decoration time if it finds no writable cache location
-    (read-only install, no home directory); the kernel then simply compiles per process.
-    """
-    if not AVAILABLE:
-        return fn
-    try:
-        return numba.njit(parallel=True, cache=True, nogil=True)(fn)
-    except Exception:
-        return numba.njit(parallel=True, nogil=True)(fn)
-
-
-@_jit
+@parallel_jit
 def _composite_tiles(packed, offsets, tiles_x, tiles_y, tile_size, width, height, n_workers,
                      out):  # pragma: no cover - compiled
     """Splat-major compositing of premultiplied features into ``out`` (H, W, C).

@@ -15,16 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .colour import srgb_to_linear
-
-try:
-    import numba
-    from numba import prange
-
-    AVAILABLE = True
-except Exception:  # pragma: no cover - exercised only where numba is missing
-    numba = None
-    prange = range
-    AVAILABLE = False
+from .jit import AVAILABLE, parallel_jit, prange
 
 #: What the film's depth pass holds where no splat was hit (Blender's "nothing here" Z, as Cycles writes it).
 FAR_DEPTH = 1.0e10
@@ -65,13 +56,7 @@ def _film_pixels(rgb, alpha, depth, lut, transparent, out_rgba, out_depth, with_
                 out_depth[row, j] = depth[i, j] if a > zero else np.float32(FAR_DEPTH)
 
 
-if AVAILABLE:
-    try:
-        _film_kernel = numba.njit(parallel=True, cache=True, nogil=True)(_film_pixels)
-    except Exception:  # pragma: no cover - no writable cache location
-        _film_kernel = numba.njit(parallel=True, nogil=True)(_film_pixels)
-else:  # pragma: no cover
-    _film_kernel = None
+_film_kernel = parallel_jit(_film_pixels) if AVAILABLE else None
 
 
 def film_passes_numpy(rgb: np.ndarray, alpha: np.ndarray, depth: np.ndarray | None, transparent: bool,
