@@ -12,6 +12,7 @@ taken back to head space (the backend then rotates view directions by posed · r
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from pointillist.render.camera import (
 )
 from pointillist.render.colour import srgb_to_linear
 from pointillist.server.render_payload import (
+    MAX_BONES,
     FrameObject,
     ObjectAttributes,
     RenderRequest,
@@ -307,9 +309,27 @@ def object_id(attrs: ObjectAttributes) -> str:
     """A content address for registered attributes: an edited object gets a new id (and is registered
     again) while an unchanged one is registered once per backend, however many frames and renders."""
     h = hashlib.blake2b(digest_size=12)
-    for array in (attrs.opacities, attrs.scales, attrs.sh, attrs.rest_quats):
-        h.update(np.ascontiguousarray(array).view(np.uint8))
+    for array in (attrs.opacities, attrs.scales, attrs.sh, attrs.rest_quats, attrs.pattern_weights, attrs.pattern_index):
+        if array is not None:
+            h.update(np.ascontiguousarray(array).view(np.uint8))
     return "bl-" + h.hexdigest()
+
+
+def with_skinning(attrs: ObjectAttributes, weights: WeightPatterns | None) -> ObjectAttributes:
+    """The attributes registered with the object's weight patterns (payload flag SKIN), so a frame sends its
+    bones' rotations and the backend skins every splat's rotation (`pointillist.server.render.skinned_quats`,
+    the same polar blend as `skin_rotations`) instead of receiving one rotation per splat. Rigs with more
+    bones than the payload carries keep sending per-splat rotations."""
+    if weights is None or weights.rows.shape[1] > MAX_BONES:
+        return attrs
+    return dataclasses.replace(attrs, pattern_weights=weights.rows.astype(np.float32),
+                               pattern_index=weights.index.astype(np.uint32))
+
+
+def bone_frame_quat(object_rotation: np.ndarray) -> np.ndarray:
+    """The frame's Q for skinned splats: the object's rotation after the registered (head-space) rest rotations
+    are taken back to Blender object space, so polar(sum w B) Q R(rest) is `skin_rotations`' result."""
+    return rig_build.quat_multiply(matrix_to_quat(object_rotation), rig_build.HEAD_TO_BLENDER_QUAT).astype(np.float32)
 
 
 def render_request(view: View, objects: list[FrameObject], background: np.ndarray | None,

@@ -50,8 +50,22 @@ class PosedSplats:
     name: str
     static: SplatStatic
     means: np.ndarray  # (N, 3)
-    quats: np.ndarray  # (N, 4)
+    rotation: np.ndarray  # (3, 3) the object's world rotation
+    bones: np.ndarray | None  # (G, 4, 4) world deform matrices of `static.groups`; None for a static object
     scale: float  # the object's uniform scale (Gaussians grow with it)
+
+    @property
+    def quats(self) -> np.ndarray:
+        """(N, 4) world rotations of the splats (PLY export, checks); frames send the bones instead."""
+        return rb.skin_rotations(self.static.weights, self.bones, self.static.rest_quats, self.rotation)
+
+    def frame_object(self):
+        from pointillist.server.render_payload import FrameObject
+
+        if self.bones is not None and self.static.attrs.pattern_weights is not None:
+            return FrameObject(self.static.object_id, self.means, bones=self.bones[:, :3, :3].astype(np.float32),
+                               post=rb.bone_frame_quat(self.rotation))
+        return FrameObject(self.static.object_id, self.means, self.quats)
 
 
 _STATIC_CACHE: dict[tuple, SplatStatic] = {}
@@ -112,8 +126,8 @@ def read_static(obj, scale: float, for_render: bool = True) -> SplatStatic:
     if cached is not None:
         return cached
     raw = _read_float_attributes(mesh)
-    attrs = rb.static_attributes(raw, scale)
     weights = rb.weight_patterns(_read_weights(orig, mesh, groups)) if groups else None
+    attrs = rb.with_skinning(rb.static_attributes(raw, scale), weights)
     static = SplatStatic(attrs, rb.rest_quats(raw), weights, groups, rb.object_id(attrs), raw)
     _STATIC_CACHE[key] = static
     return static
@@ -160,8 +174,7 @@ def pose_object(obj_eval, depsgraph, for_render: bool = True) -> PosedSplats:
     position.data.foreach_get("vector", co)
     means = rb.to_world(co.reshape(n, 3), M)
     bones = bone_matrices(obj_eval, depsgraph, static.groups, for_render)
-    quats = rb.skin_rotations(static.weights, bones, static.rest_quats, rotation)
-    return PosedSplats(obj_eval.name, static, means, quats, scale)
+    return PosedSplats(obj_eval.name, static, means, rotation, bones if static.weights is not None else None, scale)
 
 
 def posed_scene(depsgraph, for_render: bool = True) -> list[PosedSplats]:
@@ -229,7 +242,6 @@ def render_frame(client, splats: list[PosedSplats], view: rb.View, background: n
     row first (`rb.render_request` asks for Blender's layout; only the covered block travels, pasted into the
     empty film here); registers objects it lacks (once, or after a 404)."""
     from pointillist.server.render_payload import (
-        FrameObject,
         decode_film_image,
         encode_object,
         encode_render,
@@ -246,7 +258,7 @@ def render_frame(client, splats: list[PosedSplats], view: rb.View, background: n
 
     t0 = time.perf_counter()
     register(False)
-    objects = [FrameObject(s.static.object_id, s.means, s.quats) for s in splats]
+    objects = [s.frame_object() for s in splats]
     body = encode_render(rb.render_request(view, objects, background, want_depth))
     t1 = time.perf_counter()
     try:

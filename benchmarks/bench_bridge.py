@@ -149,7 +149,7 @@ def main() -> None:
         return statistics.median(r.get(key, 0.0) for r in result["rows"]) * 1000
 
     stages = {k: med(k) for k in ("pose", "encode", "backend_roundtrip", "backend_parse", "backend_render",
-                                  "backend_rasterize", "backend_output", "decode", "convert", "write_result", "total", "wall")}
+                                  "backend_skin", "backend_rasterize", "backend_output", "decode", "convert", "write_result", "total", "wall")}
     # Per frame, from that frame's own clocks (so machine load between this and the direct run cancels out):
     # transport = the round trip minus the backend's rasterize step (its Server-Timing header), i.e. HTTP both
     # ways, parsing, the hop to the render thread and the film conversion into the response buffer.
@@ -165,10 +165,11 @@ def main() -> None:
     for label, value in (("F12 end to end (bpy.ops.render.render)", stages["wall"]),
                          ("direct rasterize (same Gaussians, same camera, this process)", direct),
                          ("the backend's rasterize step during F12 (Server-Timing)", stages["backend_rasterize"]),
-                         ("bridge: depsgraph read + rotation skinning", stages["pose"]),
+                         ("bridge: depsgraph read + bone matrices (add-on)", stages["pose"]),
                          ("bridge: payload encode (+ registration check)", stages["encode"]),
                          ("bridge: transport (round trip - the backend's rasterize step)", transport),
                          ("  of which HTTP both ways (round trip - the backend's own time)", http),
+                         ("  of which rotation skinning (backend, once per weight pattern)", stages["backend_skin"]),
                          ("  of which film conversion into the response (backend)", stages["backend_output"]),
                          ("bridge: add-on pastes the covered block into the empty film", stages["decode"]),
                          ("bridge: add-on conversion to Combined/Z (a reshape of the film)", stages["convert"]),

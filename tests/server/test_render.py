@@ -77,7 +77,7 @@ def test_render_matches_the_rasterizer_called_directly(app):
     assert r.status_code == 200 and r.json()["count"] == 400 and r.json()["colors"] == "rgb"
     r = app.request("POST", "/v1/render", content=encode_render(frame([("head", means, quats)])), headers=OCTET)
     assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
-    assert [e.split(";dur=")[0] for e in r.headers["server-timing"].split(", ")] == ["parse", "render", "rasterize", "output"]
+    assert [e.split(";dur=")[0] for e in r.headers["server-timing"].split(", ")] == ["parse", "render", "skin", "rasterize", "output"]
     rgba, depth = decode_raw_image(r.content)
     cam = camera()
     direct = rasterize(torch.from_numpy(means), torch.from_numpy(quats), torch.from_numpy(attrs.scales),
@@ -276,7 +276,7 @@ def test_item11_ply_registration_is_checked_before_parsing(app, monkeypatch):
     ply = {"Content-Type": "application/x-ply"}
     r = app.request("PUT", "/v1/objects/from-ply", content=_ply(), headers=ply)
     assert r.status_code == 200 and r.json() == {"object_id": "from-ply", "count": 20, "sh_degree": 1, "colors": "sh",
-                                                 "rest_rotations": True}
+                                                 "rest_rotations": True, "bones": 0}
     good = _ply()
     # a header claiming more vertices than the maximum never reaches the parser
     import pointillist.avatar.ply as plymod
@@ -327,3 +327,76 @@ def test_render_of_a_ply_object_follows_each_gaussians_rotation_for_sh(app):
     assert rgba[..., 3].max() > 0.1
     np.testing.assert_allclose(rgba[..., :3], with_frames.rgb.numpy(), atol=1e-5)
     assert np.abs(with_frames.rgb.numpy() - without.rgb.numpy()).max() > 1e-3  # the frames matter here
+
+
+# ------------------------------------------------------------------------------- skinning on the backend
+def _skinned_scene(n=300, bones=4, seed=11):
+    """A SKIN object (weight patterns) and a frame's bones, plus the per-splat rotations the add-on's own
+    numpy skinning (`addon.render_bridge.skin_rotations`) gives for the same pose: the oracle."""
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    from scipy.spatial.transform import Rotation
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from addon import render_bridge as rb
+
+    attrs, means, quats = scene(n, seed=seed, sh_degree=1)
+    rng = np.random.default_rng(seed)
+    weights = rng.dirichlet(np.ones(bones) * 0.4, n).astype(np.float32)
+    weights[:10] = 0.0  # unweighted splats keep their rest rotation
+    weights[10:40] = np.eye(bones, dtype=np.float32)[rng.integers(0, bones, 30)]
+    patterns = rb.weight_patterns(weights)
+    rest_object = quats / np.linalg.norm(quats, axis=1, keepdims=True)  # rot_* in Blender object space
+    head_rest = rb.rig_build.quat_multiply(rb._BLENDER_TO_HEAD_QUAT, rest_object).astype(np.float32)
+    skinned = rb.with_skinning(replace(attrs, rest_quats=head_rest), patterns)
+    mats = np.tile(np.eye(4), (bones, 1, 1))
+    mats[:, :3, :3] = Rotation.random(bones, random_state=seed).as_matrix() * 0.4 + np.eye(3) * 0.6
+    mats[:, :3, :3] = np.stack([Rotation.from_matrix(m).as_matrix() for m in mats[:, :3, :3]])
+    obj_rot = Rotation.from_euler("xz", [20, -35], degrees=True).as_matrix()
+    per_splat = rb.skin_rotations(patterns, mats, rest_object, obj_rot)
+    return skinned, means, mats[:, :3, :3].astype(np.float32), rb.bone_frame_quat(obj_rot), per_splat
+
+
+def test_skinned_objects_render_from_bones_as_from_per_splat_rotations(app):
+    from pointillist.server.render_payload import FrameObject
+
+    skinned, means, bones, post, per_splat = _skinned_scene()
+    parsed = parse_object(encode_object(skinned))
+    np.testing.assert_array_equal(parsed.pattern_weights, skinned.pattern_weights)
+    np.testing.assert_array_equal(parsed.pattern_index, skinned.pattern_index)
+    r = app.request("PUT", "/v1/objects/skinned", content=encode_object(skinned), headers=OCTET)
+    assert r.status_code == 200 and r.json()["bones"] == 4
+    by_bones = frame([("skinned", means, per_splat)])
+    by_bones.objects = [FrameObject("skinned", means, bones=bones, post=post)]
+    body = encode_render(by_bones)
+    assert parse_render(body).objects[0].bones.shape == (4, 3, 3)
+    a = decode_raw_image(app.request("POST", "/v1/render", content=body, headers=OCTET).content)
+    b = decode_raw_image(app.request("POST", "/v1/render", content=encode_render(frame([("skinned", means, per_splat)])),
+                                     headers=OCTET).content)
+    assert a[0][..., 3].max() > 0.5
+    np.testing.assert_allclose(a[0], b[0], atol=2e-5)  # SH degree 1: the rotation shows in the colour too
+    np.testing.assert_allclose(a[1], b[1], atol=2e-5)
+    wrong = frame([])
+    wrong.objects = [FrameObject("skinned", means, bones=bones[:3], post=post)]
+    r = app.request("POST", "/v1/render", content=encode_render(wrong), headers=OCTET)
+    assert r.status_code == 400 and "3 bone rotations" in r.json()["error"]["message"]
+
+
+def test_skinning_blocks_are_checked():
+    from dataclasses import replace
+
+    skinned, *_ = _skinned_scene(n=50, seed=3)
+    body = encode_object(skinned)
+    assert parse_object(body).pattern_index.max() < len(skinned.pattern_weights)
+    with pytest.raises(PayloadError, match="sum to 1"):
+        parse_object(encode_object(replace(skinned, pattern_weights=skinned.pattern_weights * 2)))
+    with pytest.raises(PayloadError, match="not one of the"):
+        bad = skinned.pattern_index.copy()
+        bad[0] = len(skinned.pattern_weights)
+        parse_object(encode_object(replace(skinned, pattern_index=bad)))
+    with pytest.raises(PayloadError, match="SKIN needs REST_QUATS"):
+        parse_object(body[:6] + struct.pack("<H", 4 | (body[6] & 1)) + body[8:])
+    with pytest.raises(PayloadError, match="exactly"):
+        parse_object(body[:-4])

@@ -118,6 +118,7 @@ class ObjectInfo(BaseModel):
     sh_degree: int
     colors: Literal["rgb", "sh"]
     rest_rotations: bool
+    bones: int = Field(0, description="bones of its skinning block (0: frames send one rotation per Gaussian)")
 
 
 class Deleted(BaseModel):

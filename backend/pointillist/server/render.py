@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..render.film import FAR_DEPTH, covered_block, empty_pixel, film_passes
+from ..render.skinning import skin_quaternions
 from .config import Limits
 from .errors import ApiError
 from .render_payload import (
@@ -90,7 +91,10 @@ class ObjectStore:
                    "scales": torch.from_numpy(attrs.scales).to(self.device),
                    "sh": None if attrs.sh is None else torch.from_numpy(attrs.sh).to(self.device),
                    "colors": None if attrs.colors is None else torch.from_numpy(attrs.colors).to(self.device),
-                   "rest": None, "count": attrs.count, "sh_degree": attrs.sh_degree}
+                   "rest": None, "count": attrs.count, "sh_degree": attrs.sh_degree, "skin": None}
+        if attrs.pattern_weights is not None:  # skinned per frame on the CPU (render.skinning), kept as numpy
+            tensors["skin"] = {"weights": attrs.pattern_weights.astype(np.float64),
+                               "index": np.asarray(attrs.pattern_index, np.int64), "rest_quats": attrs.rest_quats}
         if attrs.rest_quats is not None and attrs.sh is not None and attrs.sh_degree > 0:
             from ..render.rasterize import quat_to_rotmat
 
@@ -102,7 +106,8 @@ class ObjectStore:
                 self._objects.popitem(last=False)
             self._objects[object_id] = tensors
         return {"object_id": object_id, "count": attrs.count, "sh_degree": attrs.sh_degree,
-                "colors": "rgb" if attrs.colors is not None else "sh", "rest_rotations": attrs.rest_quats is not None}
+                "colors": "rgb" if attrs.colors is not None else "sh", "rest_rotations": attrs.rest_quats is not None,
+                "bones": 0 if attrs.pattern_weights is None else int(attrs.pattern_weights.shape[1])}
 
     def total(self) -> int:
         return sum(o["count"] for o in self._objects.values())
@@ -167,6 +172,14 @@ class Renderer:
             if obj.means.shape[0] != static["count"]:
                 raise ApiError("count_mismatch", f"object {obj.object_id!r}: the frame has {obj.means.shape[0]} "
                                                  f"Gaussians, the registered object {static['count']}")
+            if obj.bones is not None and (static["skin"] is None or len(obj.bones) != static["skin"]["weights"].shape[1]):
+                bones = 0 if static["skin"] is None else static["skin"]["weights"].shape[1]
+                raise ApiError("count_mismatch", f"object {obj.object_id!r}: the frame sends {len(obj.bones)} bone "
+                                                 f"rotations, the registered object has {bones} bones")
+        t_skin = time.perf_counter()
+        posed_quats = [torch.from_numpy(skin_quaternions(static["skin"]["weights"], static["skin"]["index"],
+                                                         static["skin"]["rest_quats"], obj.bones, obj.post))
+                       if obj.bones is not None else torch.from_numpy(obj.quats) for obj, static in found]
         t0 = time.perf_counter()
         device = self.objects.device
         use_sh = any(s["sh"] is not None for _, s in found)
@@ -174,9 +187,9 @@ class Renderer:
         k = (degree + 1) ** 2
         means, quats, scales, opacities, colours, frames = [], [], [], [], [], []
         any_frames = False
-        for obj, static in found:
+        for (obj, static), q in zip(found, posed_quats):
             m = torch.from_numpy(obj.means).to(device)
-            q = torch.from_numpy(obj.quats).to(device)
+            q = q.to(device)
             means.append(m)
             quats.append(q)
             scales.append(static["scales"])
@@ -213,7 +226,7 @@ class Renderer:
                             camera_model="ortho" if request.ortho else "pinhole")
         t1 = time.perf_counter()
         body, media_type = self._output(request, out)
-        return body, media_type, {"rasterize": t1 - t0, "output": time.perf_counter() - t1}
+        return body, media_type, {"skin": t0 - t_skin, "rasterize": t1 - t0, "output": time.perf_counter() - t1}
 
     @staticmethod
     def _output(request: RenderRequest, out) -> tuple[bytes | memoryview, str]:

@@ -12,6 +12,8 @@ Object registration — `PUT /v1/objects/{object_id}`, `Content-Type: applicatio
     4       uint16      version = 1
     6       uint16      flags: bit 0 COLORS_RGB (colour block is (N, 3) RGB instead of SH; sh_degree 0)
                                bit 1 REST_QUATS (a canonical-rotation block follows the scales)
+                               bit 2 SKIN (needs REST_QUATS: a skinning block follows; frames may then send
+                               bone rotations instead of one rotation per Gaussian)
     8       uint32      N, Gaussians (>= 1)
     12      uint8       sh_degree, 0..3 (K = (sh_degree + 1)^2 coefficients per channel)
     13      3 bytes     reserved, zero
@@ -20,6 +22,9 @@ Object registration — `PUT /v1/objects/{object_id}`, `Content-Type: applicatio
             float32     N*3 scales, activated standard deviations in metres, > 0
             float32     N*4 canonical rotations, w-first (only with REST_QUATS; lets SH bands >= 1 follow
                         each Gaussian's rotation: the renderer uses R(posed) R(rest)^T as its frame)
+            uint32      J bones (1..64), then uint32 P weight patterns (1..N)        (only with SKIN)
+            float32     P*J pattern weights, rows summing to 1 (or all zero: the pattern does not move)
+            uint32      N pattern index per Gaussian (< P)
 
 Render request — `POST /v1/render`, `Content-Type: application/octet-stream`:
 
@@ -46,10 +51,14 @@ Render request — `POST /v1/render`, `Content-Type: application/octet-stream`:
     144     M records, each:
               uint32      N, Gaussians (must equal the registered object's count)
               uint16      L, length of the object id (1..64)
-              uint16      reserved, zero
+              uint16      flags: bit 0 BONES (the object was registered with SKIN)
               L bytes     object id, ASCII [A-Za-z0-9_-], then zero padding to a multiple of 4 bytes
+              uint32      J, bones (only with BONES; must equal the registered J)
               float32     N*3 posed means (world)
-              float32     N*4 posed rotations, w-first (non-zero; normalised by the renderer)
+              float32     N*4 posed rotations, w-first (non-zero; normalised by the renderer); or with BONES:
+                          J*9 bone rotations (the linear part of each bone's world deform matrix, row-major)
+                          and a w-first quaternion Q: a Gaussian turns by polar(sum_j w_j B_j) Q R(rest),
+                          the backend's LBS rotation (so the client sends 40 floats, not 4 per Gaussian)
 
 Raw render response (`RAW`), `Content-Type: application/octet-stream`:
 
@@ -84,7 +93,9 @@ import numpy as np
 
 OBJECT_MAGIC, RENDER_MAGIC, IMAGE_MAGIC = b"PTOB", b"PTRF", b"PTIM"
 VERSION = 1
-COLORS_RGB, REST_QUATS = 1, 2
+COLORS_RGB, REST_QUATS, SKIN = 1, 2, 4
+BONES = 1  # frame record flag
+MAX_BONES = 64
 WANT_DEPTH, RAW, ORTHO, FILM, TRANSPARENT = 1, 2, 4, 8, 16
 HAS_DEPTH, FILM_IMAGE = 1, 2
 OBJECT_HEADER = struct.Struct("<4sHHIB3s")  # 16 bytes
@@ -120,6 +131,8 @@ class ObjectAttributes:
     sh: np.ndarray | None = None  # (N, K, 3)
     colors: np.ndarray | None = None  # (N, 3)
     rest_quats: np.ndarray | None = None  # (N, 4)
+    pattern_weights: np.ndarray | None = None  # (P, J) skinning weight patterns (SKIN)
+    pattern_index: np.ndarray | None = None  # (N,) uint32 pattern of each Gaussian (SKIN)
 
     @property
     def count(self) -> int:
@@ -134,7 +147,9 @@ class ObjectAttributes:
 class FrameObject:
     object_id: str
     means: np.ndarray  # (N, 3)
-    quats: np.ndarray  # (N, 4)
+    quats: np.ndarray | None = None  # (N, 4); or, for a SKIN object, the next two
+    bones: np.ndarray | None = None  # (J, 3, 3) bone rotations
+    post: np.ndarray | None = None  # (4,) quaternion Q applied before the bones (object rotation, frame change)
 
 
 @dataclass
@@ -180,10 +195,16 @@ def encode_object(attrs: ObjectAttributes) -> bytes:
         color_block, degree = np.asarray(attrs.sh, F32), attrs.sh_degree
     if attrs.rest_quats is not None:
         flags |= REST_QUATS
+    if attrs.pattern_weights is not None:
+        flags |= SKIN
     parts = [OBJECT_HEADER.pack(OBJECT_MAGIC, VERSION, flags, n, degree, b"\0\0\0"), color_block.tobytes(),
              np.asarray(attrs.opacities, F32).reshape(n).tobytes(), np.asarray(attrs.scales, F32).reshape(n, 3).tobytes()]
     if attrs.rest_quats is not None:
         parts.append(np.asarray(attrs.rest_quats, F32).reshape(n, 4).tobytes())
+    if attrs.pattern_weights is not None:
+        p, j = attrs.pattern_weights.shape
+        parts += [struct.pack("<II", j, p), np.asarray(attrs.pattern_weights, F32).tobytes(),
+                  np.asarray(attrs.pattern_index, "<u4").reshape(n).tobytes()]
     return b"".join(parts)
 
 
@@ -201,7 +222,9 @@ def parse_object(body: bytes, limits: PayloadLimits = PayloadLimits()) -> Object
     if len(view) < OBJECT_HEADER.size:
         raise PayloadError(f"object payload: {len(view)} bytes is shorter than its {OBJECT_HEADER.size}-byte header")
     magic, version, flags, n, degree, reserved = OBJECT_HEADER.unpack_from(view, 0)
-    _check_header("object", magic, OBJECT_MAGIC, version, flags, COLORS_RGB | REST_QUATS)
+    _check_header("object", magic, OBJECT_MAGIC, version, flags, COLORS_RGB | REST_QUATS | SKIN)
+    if flags & SKIN and not flags & REST_QUATS:
+        raise PayloadError("object payload: SKIN needs REST_QUATS (the canonical rotations it turns)")
     if reserved != b"\0\0\0":
         raise PayloadError("object payload: reserved bytes must be zero")
     if not 1 <= n <= limits.max_gaussians_per_object:
@@ -213,6 +236,15 @@ def parse_object(body: bytes, limits: PayloadLimits = PayloadLimits()) -> Object
     k = (degree + 1) ** 2
     per_color = 3 if flags & COLORS_RGB else 3 * k
     expected = OBJECT_HEADER.size + 4 * n * (per_color + 1 + 3 + (4 if flags & REST_QUATS else 0))
+    skin_at = expected
+    if flags & SKIN:
+        if len(view) < expected + 8:
+            raise PayloadError(f"object payload: {len(view)} bytes end before the skinning block at {expected}")
+        j, p = struct.unpack_from("<II", view, expected)
+        if not (1 <= j <= MAX_BONES and 1 <= p <= n):
+            raise PayloadError(f"object payload: {j} bones and {p} weight patterns; need 1..{MAX_BONES} bones and "
+                               f"1..{n} patterns")
+        expected += 8 + 4 * p * j + 4 * n
     if len(view) != expected:
         raise PayloadError(f"object payload: {len(view)} bytes, but its header (count {n}, sh_degree {degree}, "
                            f"flags {flags}) needs exactly {expected}")
@@ -226,15 +258,26 @@ def parse_object(body: bytes, limits: PayloadLimits = PayloadLimits()) -> Object
         rest = rest.reshape(n, 4)
         if (np.linalg.norm(rest, axis=1) < 1e-8).any():
             raise PayloadError("rest rotations: a quaternion is zero")
+    pattern_weights = pattern_index = None
+    if flags & SKIN:
+        pattern_weights, _ = _floats(view, skin_at + 8, p * j, "pattern weights")
+        pattern_weights = pattern_weights.reshape(p, j)
+        totals = pattern_weights.sum(axis=1)
+        if (pattern_weights < 0).any() or not (np.isclose(totals, 1.0, atol=1e-3) | (totals == 0)).all():
+            raise PayloadError("pattern weights: each row must be non-negative and sum to 1 (or be all zero)")
+        pattern_index = np.frombuffer(view, "<u4", count=n, offset=skin_at + 8 + 4 * p * j).astype(np.int64)
+        if pattern_index.max() >= p:
+            raise PayloadError(f"pattern index: {int(pattern_index.max())} is not one of the {p} patterns")
     if ((opacities < 0) | (opacities > 1)).any():
         raise PayloadError("opacities: must lie in [0, 1]")
     if (scales <= 0).any():
         raise PayloadError("scales: must be > 0 (activated standard deviations in metres)")
+    skin = {"pattern_weights": pattern_weights, "pattern_index": pattern_index}
     if flags & COLORS_RGB:
         return ObjectAttributes(opacities=opacities, scales=scales.reshape(n, 3), colors=colors.reshape(n, 3),
-                                rest_quats=rest)
+                                rest_quats=rest, **skin)
     return ObjectAttributes(opacities=opacities, scales=scales.reshape(n, 3), sh=colors.reshape(n, k, 3),
-                            rest_quats=rest)
+                            rest_quats=rest, **skin)
 
 
 # ------------------------------------------------------------------------------------ frames
@@ -248,9 +291,16 @@ def encode_render(request: RenderRequest) -> bytes:
     for obj in request.objects:
         name = obj.object_id.encode("ascii")
         n = int(np.asarray(obj.means).shape[0])
-        parts += [RECORD_HEADER.pack(n, len(name), 0), name, b"\0" * (_pad4(len(name)) - len(name)),
-                  np.ascontiguousarray(obj.means, F32).reshape(n, 3).tobytes(),
-                  np.ascontiguousarray(obj.quats, F32).reshape(n, 4).tobytes()]
+        bones = obj.bones is not None
+        parts += [RECORD_HEADER.pack(n, len(name), BONES if bones else 0), name, b"\0" * (_pad4(len(name)) - len(name))]
+        if bones:
+            parts.append(struct.pack("<I", len(obj.bones)))
+        parts.append(np.ascontiguousarray(obj.means, F32).reshape(n, 3).tobytes())
+        if bones:
+            parts += [np.ascontiguousarray(obj.bones, F32).reshape(-1).tobytes(),
+                      np.ascontiguousarray(obj.post, F32).reshape(4).tobytes()]
+        else:
+            parts.append(np.ascontiguousarray(obj.quats, F32).reshape(n, 4).tobytes())
     return b"".join(parts)
 
 
@@ -295,17 +345,18 @@ def parse_render(body: bytes, limits: PayloadLimits = PayloadLimits()) -> Render
     for index in range(m):
         if offset + RECORD_HEADER.size > len(view):
             raise PayloadError(f"object record {index}: the body ends before its header (offset {offset})")
-        n, id_len, rec_reserved = RECORD_HEADER.unpack_from(view, offset)
+        n, id_len, rec_flags = RECORD_HEADER.unpack_from(view, offset)
         offset += RECORD_HEADER.size
-        if rec_reserved != 0:
-            raise PayloadError(f"object record {index}: reserved field must be zero")
+        if rec_flags & ~BONES:
+            raise PayloadError(f"object record {index}: unknown flag bits {rec_flags & ~BONES:#x}")
         if not 1 <= n <= limits.max_gaussians_per_object:
             raise PayloadError(f"object record {index}: count {n} must be between 1 and {limits.max_gaussians_per_object}")
         if not 1 <= id_len <= 64:
             raise PayloadError(f"object record {index}: id length {id_len} must be 1..64")
         padded = _pad4(id_len)
-        if offset + padded + 28 * n > len(view):
-            raise PayloadError(f"object record {index}: {n} Gaussians need {padded + 28 * n} bytes at offset "
+        needs = padded + (4 + 12 * n if rec_flags & BONES else 28 * n)
+        if offset + needs > len(view):
+            raise PayloadError(f"object record {index}: {n} Gaussians need {needs} bytes at offset "
                                f"{offset}, the body ends at {len(view)}")
         raw_id = bytes(view[offset:offset + id_len])
         if not OBJECT_ID_RE.fullmatch(raw_id):
@@ -317,6 +368,18 @@ def parse_render(body: bytes, limits: PayloadLimits = PayloadLimits()) -> Render
             raise PayloadError(f"object record {index}: object {object_id!r} appears twice")
         seen.add(object_id)
         offset += padded
+        if rec_flags & BONES:
+            (j,) = struct.unpack_from("<I", view, offset)
+            offset += 4
+            if not 1 <= j <= MAX_BONES:
+                raise PayloadError(f"object {object_id!r}: {j} bones; must be 1..{MAX_BONES}")
+            means, offset = _floats(view, offset, n * 3, f"object {object_id!r} means")
+            bones, offset = _floats(view, offset, j * 9, f"object {object_id!r} bone rotations")
+            post, offset = _floats(view, offset, 4, f"object {object_id!r} bone frame quaternion")
+            if float(post @ post) < 1e-16:
+                raise PayloadError(f"object {object_id!r}: the bone frame quaternion is zero")
+            objects.append(FrameObject(object_id, means.reshape(n, 3), bones=bones.reshape(j, 3, 3), post=post))
+            continue
         means, offset = _floats(view, offset, n * 3, f"object {object_id!r} means")
         quats, offset = _floats(view, offset, n * 4, f"object {object_id!r} rotations")
         quats = quats.reshape(n, 4)
