@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -653,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the run rather than one per process
+        print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0
 
 

@@ -85,6 +85,7 @@ def test_two_gloo_ranks_match_one_process_with_the_whole_batch_and_resume(data, 
     rows = list(csv.DictReader(open(sidecar(ddp_out, ".log.csv"))))
     assert [int(r["step"]) for r in rows] == [1, 2] and {r["effective_batch"] for r in rows} == {"2"}
     assert run.stdout.count('"checkpoint"') == 1
+    assert run.stderr.count("done in") == 1  # one closing line for the run, not one per rank
 
     assert main([*_train_args(data, ref_out, batch=2, steps=2), "--threads", "1"]) == 0
     ddp, ref = _weights(ddp_out), _weights(ref_out)
