@@ -380,9 +380,13 @@ def test_gpu_written_state_loads_on_cpu(tmp_path, data):
     assert meta["step"] == "1" and all(t.device.type == "cpu" for t in tensors.values())
     on_other = torch.nn.Parameter(torch.empty(3, 2, device="meta"))
     opt2 = torch.optim.AdamW([on_other], lr=0.1)
-    load_optimizer_state(opt2, tensors, 1)
+    load_optimizer_state(opt2, tensors, [on_other])
     st = opt2.state_dict()["state"][0]
     assert st["exp_avg"].device.type == "meta" and float(st["step"]) == 1.0
+    # a run with other trainable parameters (other options than the run it resumes) is refused, not misfed
+    other = [torch.nn.Parameter(torch.empty(4, 2)), on_other]
+    with pytest.raises(ValueError, match="does not fit this run's 2 trainable parameters"):
+        load_optimizer_state(torch.optim.AdamW(other, lr=0.1), tensors, other)
 
     from pointillist.model.config import ImageEncoderConfig
     from pointillist.model.image_encoder import ImageEncoder, load_dinov2_weights
@@ -415,6 +419,20 @@ def test_train_cli_refuses_bad_scale_options_with_a_message(data, tmp_path, caps
     assert main(["train", "joint", "--data", str(data), "-o", out, "--ar-weight", "0", "--decoder-weight", "0"]) == 2
     assert "not both 0" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_newer_than_its_resume_state_is_refused(data, tmp_path):
+    """A run killed between writing the checkpoint and its sidecar must not resume newer weights with older
+    optimizer moments and step."""
+    out = tmp_path / "ar.safetensors"
+    _train(data, out, "ar", 2)
+    state = sidecar(out, ".train.safetensors")
+    stale = state.read_bytes()
+    _train(data, out, "ar", 4)
+    state.write_bytes(stale)  # as if killed after the checkpoint's write, before the sidecar's
+    with pytest.raises(ValueError, match="resume state at step 2 but .* at step 4"):
+        _train(data, out, "ar", 6)
 
 
 @pytest.mark.slow

@@ -264,7 +264,12 @@ class Trainer:
             raise ValueError(f"{state_path}: a {meta.get('stage')!r} run; cannot resume it as {self.cfg.stage!r}")
         if self.cfg.stage == "encoder":
             self.proxy.load_state_dict({k.removeprefix("proxy."): v for k, v in tensors.items() if k.startswith("proxy.")})
-        load_optimizer_state(self.optimizer, tensors, len(self.trainable))
+        saved_step = (self.info.get(self.cfg.stage) or {}).get("step")
+        if saved_step is not None and int(saved_step) != int(meta["step"]):
+            raise ValueError(f"{state_path}: resume state at step {meta['step']} but {self.cfg.output} at step "
+                             f"{saved_step} (the run stopped between the two writes); start a new --output with "
+                             f"--init {self.cfg.output}")
+        load_optimizer_state(self.optimizer, tensors, self.trainable)
         if self.precision.load_state_json(meta.get("scaler", "")):
             self.log(f"resumed the fp16 loss scale at {self.precision.scaler.get_scale():g}")
         self.step = int(meta["step"])
@@ -611,11 +616,19 @@ def read_train_state(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Ten
         return dict(f.metadata() or {}), {k: f.get_tensor(k) for k in f.keys()}
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], num_params: int) -> None:
+def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                         params: list[torch.nn.Parameter]) -> None:
     """Restore AdamW state; `Optimizer.load_state_dict` moves each moment to its parameter's device and
-    dtype, so CPU tensors from the file serve a CUDA run and the reverse."""
+    dtype, so CPU tensors from the file serve a CUDA run and the reverse. State is stored by parameter index,
+    so a run whose trainable parameters differ (other options than the run being resumed, e.g. without
+    `--dinov2-weights`) is refused rather than given another parameter's moments."""
+    saved = {int(k.split(".")[0]) for k in tensors if k.endswith(".exp_avg")}
+    wrong = sorted(i for i in saved if i >= len(params) or tensors[f"{i}.exp_avg"].shape != params[i].shape)
+    if wrong:
+        raise ValueError(f"the resume state does not fit this run's {len(params)} trainable parameters (first "
+                         f"mismatch at index {wrong[0]}): resume with the options the run was started with")
     state = optimizer.state_dict()
-    for i in range(num_params):
+    for i in range(len(params)):
         if f"{i}.exp_avg" in tensors:
             state["state"][i] = {"step": tensors[f"{i}.step"].reshape(()).clone(), "exp_avg": tensors[f"{i}.exp_avg"],
                                  "exp_avg_sq": tensors[f"{i}.exp_avg_sq"]}
