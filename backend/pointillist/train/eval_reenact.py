@@ -112,6 +112,20 @@ def posed_renders(avatar: Avatar, head: HeadModel, frames: list[FaceControls], v
     return images
 
 
+def render_view(g: GaussianArrays, record, v: int, size: int, head: HeadModel | None = None) -> torch.Tensor:
+    """(size, size, 3) render on white of bound Gaussians through a record's view v, posed like that view when
+    it was rendered away from the rest pose (engine v2's portraits, every view of a real capture: the record's
+    stored controls); without `head`, at rest."""
+    t = lambda x: torch.as_tensor(np.array(x, dtype=np.float32))
+    means, quats = t(g.means), t(g.quats)
+    if head is not None and record.is_posed(v):
+        expression = record.expressions[v] if record.expressions.shape[1] else None
+        posed = AvatarAnimator(make_avatar(g, head, record.shape), head)(expression, record.poses[v])
+        means, quats = posed.means[0], posed.quats[0]
+    return render_white(means, quats, t(g.log_scales), t(g.opacity_logits), t(g.sh_dc), record.viewmats[v],
+                        scaled_K(record.Ks[v], record.images.shape[1], size), size)
+
+
 def detect(image: np.ndarray) -> np.ndarray | None:
     """MediaPipe's 478 landmarks (x, y pixels) of the largest face, or None when no face is found."""
     from ..preprocess.decode import PortraitError

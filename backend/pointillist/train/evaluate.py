@@ -46,7 +46,7 @@ from .eval_reenact import (
     make_avatar,
     posed_renders,
     reenactment_akd,
-    render_white,
+    render_view,
     scaled_K,
     to_uint8,
 )
@@ -100,17 +100,9 @@ def _target(record, v: int, size: int) -> torch.Tensor:
     return F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0].permute(1, 2, 0)
 
 
-def _render(g, record, v: int, size: int) -> torch.Tensor:
-    """Canonical Gaussians (tensors with a batch axis, or a GaussianArrays) through view v's camera."""
-    t = lambda x: x[0] if isinstance(x, torch.Tensor) else torch.as_tensor(np.array(x, dtype=np.float32))
-    return render_white(t(g.means), t(g.quats), t(g.log_scales), t(g.opacity_logits), t(g.sh_dc), record.viewmats[v],
-                        scaled_K(record.Ks[v], record.images.shape[1], size), size)
-
-
 def _novel_views(record) -> list[int]:
-    """Views 1.. rendered at the rest pose (engine v2 may pose a view; the canonical avatars are compared at rest)."""
-    posed = getattr(record, "is_posed", lambda v: False)
-    return [v for v in range(1, record.num_views) if not posed(v)]
+    """Views 1.. (a posed one is compared with the avatar posed alike: `render_view`)."""
+    return list(range(1, record.num_views))
 
 
 def _template_points(head: HeadModel, shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -242,8 +234,8 @@ def _truth(record, head: HeadModel, config: EvalConfig, frames: list) -> tuple[d
     size = config.reenact_size
     K = scaled_K(record.Ks[0], record.images.shape[1], size)
     with torch.no_grad():
-        novel = [_render(g, record, v, config.render_size) for v in _novel_views(record)]
-        front = to_uint8(_render(g, record, 0, size))
+        novel = [render_view(g, record, v, config.render_size, head) for v in _novel_views(record)]
+        front = to_uint8(render_view(g, record, 0, size))
         posed = posed_renders(make_avatar(g, head, record.shape), head, frames, record.viewmats[0], K, size) if frames else []
     targets = [_target(record, v, config.render_size) for v in _novel_views(record)]
     neutral = detect(front)
@@ -274,18 +266,20 @@ def _evaluate_subject(model, sampler, head: HeadModel, record, config: EvalConfi
         enc = model.tokenizer.encode(tpts, tbind)
         ablation = model.decoder(torch.as_tensor(enc.points)[None], teacher_forced_hidden(model, enc.tokens, cond)[None])
         scores: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "psnr_template_positions", "ssim_template_positions")}
+        k = model.config.decoder.gaussians_per_point
+        g = GaussianArrays.from_decoder(decoded, gen.binding, k)
+        ablation_g = GaussianArrays.from_decoder(ablation, enc.binding, k)
         novel = []
         for v, target in zip(_novel_views(record), truth["targets"]):
-            for out, key in ((decoded, ""), (ablation, "_template_positions")):
-                img = _render(out, record, v, config.render_size)
+            for out, key in ((g, ""), (ablation_g, "_template_positions")):
+                img = render_view(out, record, v, config.render_size, head)
                 scores["psnr" + key].append(metrics.psnr(img, target))
                 scores["ssim" + key].append(metrics.ssim(img, target))
                 if not key:
                     novel.append(to_uint8(img))
-        g = GaussianArrays.from_decoder(decoded, gen.binding, model.config.decoder.gaussians_per_point)
         size = config.reenact_size
         K = scaled_K(record.Ks[0], record.images.shape[1], size)
-        front = to_uint8(_render(g, record, 0, size))
+        front = to_uint8(render_view(g, record, 0, size))
         posed = posed_renders(make_avatar(g, head, record.shape), head, frames, record.viewmats[0], K, size) if frames else []
     akd = reenactment_akd(truth["landmarks"], [detect(img) for img in posed])
     row = {"subject": record.subject_id, "style": record.style, "true_points": record.num_ar_points,

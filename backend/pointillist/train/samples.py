@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from ..head.model import HeadModel
 from ..model.generator import Generator
 from ..model.point_encoder import SurfaceSampler
-from ..render.rasterize import rasterize
-from ..render.sh import SH_C0
+from .eval_reenact import GaussianArrays, render_view
 
 
 def heldout_subject(data: str):
@@ -42,15 +41,8 @@ def sample_sheet(model: Generator, head: HeadModel, sampler: SurfaceSampler, rec
             enc = model.tokenizer.encode(record.ar_points, record.ar_binding)
             hidden = teacher_forced_hidden(model, enc.tokens, cond)
             g = model.decoder(torch.as_tensor(enc.points, device=device)[None], hidden[None])
-            K = torch.as_tensor(record.Ks[view], dtype=torch.float32).clone()
-            K[:2] *= size / record.images[view].shape[0]
-            out = rasterize(g.means[0].float(), g.quats[0].float(), g.log_scales[0].float().exp(),
-                            torch.sigmoid(g.opacity_logits[0].float()),
-                            viewmat=torch.as_tensor(record.viewmats[view], dtype=torch.float32, device=device),
-                            K=K.to(device), width=size, height=size,
-                            colors=(0.5 + SH_C0 * g.sh_dc[0].float()).clamp_min(0),
-                            background=torch.ones(3, device=device))
-            render = out.rgb.clamp(0, 1).cpu()
+            arrays = GaussianArrays.from_decoder(g, enc.binding, model.config.decoder.gaussians_per_point)
+            render = render_view(arrays, record, view, size, head)  # posed like the view when it was posed
     finally:
         model.train(was_training)
     img = torch.as_tensor(record.images[view]).float().permute(2, 0, 1)[None] / 255
