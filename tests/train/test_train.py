@@ -324,6 +324,9 @@ def _read_events(folder) -> dict[str, list[tuple[int, float]]]:
             (n,) = struct.unpack("<Q", raw[i:i + 8])
             event = Event.FromString(raw[i + 12:i + 12 + n])
             i += 12 + n + 4
+            if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+                # TensorBoard's purge: a restart at step P drops what was logged at steps >= P before it
+                scalars = {tag: [(s, v) for s, v in values if s < event.step] for tag, values in scalars.items()}
             for v in event.summary.value:
                 if v.HasField("simple_value"):
                     scalars.setdefault(v.tag, []).append((event.step, v.simple_value))
@@ -344,6 +347,7 @@ def test_scalars_go_to_csv_and_tensorboard_and_a_resume_drops_unsaved_rows(data,
     _train(data, out, "ar", 6, save_every=10)
     steps = [int(r["step"]) for r in csv.DictReader(open(sidecar(out, ".log.csv")))]
     assert steps == [1, 2, 3, 4, 5, 6]
+    assert [s for s, _ in _read_events(sidecar(out, ".tb"))["ar/loss"]] == [1, 2, 3, 4, 5, 6]  # the saved step stays
 
 
 def test_sample_renders_show_the_target_beside_the_decoded_avatar(data, tmp_path):
@@ -498,3 +502,14 @@ def test_real_captures_have_no_style_target_and_still_train_the_encoder():
     assert mixed["style"] == pytest.approx(known["style"], rel=1e-6)  # the real capture adds nothing to it
     total, only_real = proxy_loss(pred, targets([IGNORE_STYLE] * 3))
     assert only_real["style"] == 0.0 and torch.isfinite(total)
+
+
+def test_resuming_with_another_effective_batch_says_so(data, tmp_path):
+    from pointillist.model.config import MODEL_PRESETS
+
+    out = tmp_path / "ar.safetensors"
+    _train(data, out, "ar", 2)  # batch 2
+    lines: list[str] = []
+    Trainer(TrainConfig(stage="ar", data=str(data), output=str(out), steps=3, batch_size=1, save_every=2, log_every=100,
+                        lr=1e-2, warmup=1, render_size=32, model=MODEL_PRESETS["tiny"]), log=lines.append)
+    assert any("effective batch of 1 where the run used 2" in line for line in lines), lines

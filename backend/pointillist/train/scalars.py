@@ -26,7 +26,9 @@ class ScalarLog:
         if tb_dir is not None:
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(str(tb_dir), purge_step=resume_step if resume_step else None, flush_secs=30)
+            # events at steps after the checkpoint were not kept (they are trained again); a fresh run purges
+            # everything an earlier run at this path left
+            self.writer = SummaryWriter(str(tb_dir), purge_step=resume_step + 1, flush_secs=30)
 
     def write(self, row: dict) -> None:
         """Append one step's row to the CSV and its numeric fields to TensorBoard."""

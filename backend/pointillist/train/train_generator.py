@@ -270,6 +270,11 @@ class Trainer:
                              f"{saved_step} (the run stopped between the two writes); start a new --output with "
                              f"--init {self.cfg.output}")
         load_optimizer_state(self.optimizer, tensors, self.trainable)
+        saved_batch = (self.info.get(self.cfg.stage) or {}).get("effective_batch")
+        if saved_batch is not None and int(saved_batch) != self.effective_batch:
+            self.log(f"warning: resuming with an effective batch of {self.effective_batch} where the run used "
+                     f"{saved_batch}: the data stream continues from step x batch, so some subjects are skipped "
+                     f"or seen twice in this epoch")
         if self.precision.load_state_json(meta.get("scaler", "")):
             self.log(f"resumed the fp16 loss scale at {self.precision.scaler.get_scale():g}")
         self.step = int(meta["step"])
