@@ -206,7 +206,8 @@ def cmd_train(args) -> None:
                              render_size=args.render_size, dinov2_weights=args.dinov2_weights,
                              head_dropout=args.head_dropout, ar_weight=args.ar_weight, decoder_weight=args.decoder_weight,
                              precision=args.precision, device=args.device, tensorboard=args.tensorboard,
-                             dist_timeout_s=args.dist_timeout, model=MODEL_PRESETS[args.model_size])
+                             dist_timeout_s=args.dist_timeout, model=MODEL_PRESETS[args.model_size],
+                             shard_roots=list(args.shard_root or []), shard_cache=args.shard_cache)
         # under torchrun this joins the process group (gloo on CPU, NCCL on CUDA); alone it is one process
         dist = DistContext.from_env(config.device, config.dist_timeout_s)
     except ValueError as exc:  # a bad option value: the message names it
@@ -534,6 +535,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: bf16 autocast on a CUDA GPU that supports it, fp32 on CPU; fp16 uses a loss scaler")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available (GPU LOCAL_RANK under torchrun)")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="CSV log only, no <output>.tb/ event files")
+    p.add_argument("--shard-root", action="append", metavar="DIR|URL",
+                   help="another place the dataset's shards live (repeatable; searched after DIR): a disk, or an "
+                        "http(s) host whose downloads are checked against index.json and kept in --shard-cache")
+    p.add_argument("--shard-cache", metavar="DIR", help="where shards from http(s) roots are kept")
     p.add_argument("--dist-timeout", type=float, default=600.0, metavar="S",
                    help="under torchrun: fail instead of waiting longer than S seconds for another rank")
     p.add_argument("--threads", type=int, help="torch CPU threads")

@@ -513,3 +513,21 @@ def test_resuming_with_another_effective_batch_says_so(data, tmp_path):
     Trainer(TrainConfig(stage="ar", data=str(data), output=str(out), steps=3, batch_size=1, save_every=2, log_every=100,
                         lr=1e-2, warmup=1, render_size=32, model=MODEL_PRESETS["tiny"]), log=lines.append)
     assert any("effective batch of 1 where the run used 2" in line for line in lines), lines
+
+
+def test_training_reads_shards_kept_on_another_disk(data, tmp_path, capsys):
+    """index.json in one folder, the shards in another (`--shard-root`): training finds and checks them; without
+    the root it stops with the missing shard's name."""
+    import shutil
+
+    index_only, elsewhere = tmp_path / "index", tmp_path / "disk2"
+    index_only.mkdir()
+    shutil.copy(data / "index.json", index_only / "index.json")
+    shutil.copytree(data, elsewhere, ignore=shutil.ignore_patterns("index.json"))
+    args = ["train", "ar", "--data", str(index_only), "--model-size", "tiny", "--steps", "1", "--batch-size", "1",
+            "--no-tensorboard", "-o"]
+    assert main([*args, str(tmp_path / "missing.safetensors")]) == 2
+    assert "shard-00000.npz" in capsys.readouterr().err
+    out = tmp_path / "ar.safetensors"
+    assert main([*args, str(out), "--shard-root", str(elsewhere)]) == 0
+    assert out.exists() and not (tmp_path / "missing.safetensors").exists()

@@ -809,7 +809,11 @@ class SubjectDataset(Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", verify: bool = False,
-                 transform: Callable[[SubjectRecord], object] | None = None):
+                 transform: Callable[[SubjectRecord], object] | None = None,
+                 locate: Callable[[dict], Path] | None = None):
+        """``locate`` maps an index entry to a local shard file (e.g. `streaming.ShardStore.path`: shards on
+        other disks or hosts, fetched into a cache and checked); by default the shard beside index.json."""
+        self.locate = locate
         self.index = DatasetIndex.load(root)
         self.root = self.index.root
         self.split = split
@@ -827,7 +831,8 @@ class SubjectDataset(Dataset):
         if self._reader_file != entry["file"]:
             verify = self.verify and entry["file"] not in self._verified
             self._reader = None  # drop the old maps first
-            self._reader = ShardReader(self.root / entry["file"], entry, verify=verify)
+            path = self.locate(entry) if self.locate is not None else self.root / entry["file"]
+            self._reader = ShardReader(path, entry, verify=verify)
             self._reader_file = entry["file"]
             if verify:
                 self._verified.add(entry["file"])

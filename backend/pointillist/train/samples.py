@@ -18,12 +18,11 @@ from ..model.point_encoder import SurfaceSampler
 from .eval_reenact import GaussianArrays, render_view
 
 
-def heldout_subject(data: str):
-    """The first held-out subject (training never sees it); the first training one if no split exists."""
-    from .dataset import SubjectDataset
-
-    held = SubjectDataset(data, "heldout")
-    return held[0] if len(held) else SubjectDataset(data, "train")[0]
+def heldout_subject(dataset):
+    """The first held-out subject (training never sees it); the first training one if no split exists.
+    `dataset(split)` opens a split (the trainer's, so shards kept elsewhere are found)."""
+    held = dataset("heldout")
+    return held[0] if len(held) else dataset("train")[0]
 
 
 def sample_sheet(model: Generator, head: HeadModel, sampler: SurfaceSampler, record, size: int = 128) -> np.ndarray:

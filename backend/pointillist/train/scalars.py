@@ -28,7 +28,9 @@ class ScalarLog:
 
             # events at steps after the checkpoint were not kept (they are trained again); a fresh run purges
             # everything an earlier run at this path left
-            self.writer = SummaryWriter(str(tb_dir), purge_step=resume_step + 1, flush_secs=30)
+            # (the suffix keeps a run resumed within the same second from reusing, so truncating, the last file)
+            self.writer = SummaryWriter(str(tb_dir), purge_step=resume_step + 1, flush_secs=30,
+                                        filename_suffix=f".from{resume_step:09d}")
 
     def write(self, row: dict) -> None:
         """Append one step's row to the CSV and its numeric fields to TensorBoard."""

@@ -92,6 +92,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     tensorboard: bool = True
     dist_timeout_s: float = DEFAULT_TIMEOUT_S
+    #: where shards also live (other disks, or http(s) hosts) when they are not beside index.json; downloads
+    #: go to shard_cache and are checked against the index's size and sha256 (`streaming.ShardStore`)
+    shard_roots: list[str] = field(default_factory=list)
+    shard_cache: str | None = None
     model: dict = field(default_factory=dict)  # GeneratorConfig JSON overrides for a fresh model
 
     def __post_init__(self):
@@ -137,15 +141,13 @@ class _StageLoss(torch.nn.Module):
 
 class Trainer:
     def __init__(self, config: TrainConfig, head: HeadModel | None = None, log=print, dist: DistContext | None = None):
-        from .dataset import SubjectDataset
-
         self.cfg = config
         self.dist = dist if dist is not None else DistContext.from_env(config.device, config.dist_timeout_s)
         self.device = self.dist.device
         self.log = log if self.dist.is_main else (lambda line: None)
         self.precision = Precision(resolve_precision(config.precision, self.device), self.device)
         self.head = head or HeadModel.load()
-        self.data = SubjectDataset(config.data, "train")
+        self.data = self.dataset("train")
         if len(self.data) == 0:
             raise ValueError(f"{config.data}: no training subjects")
         torch.manual_seed(config.seed)  # every rank builds the same fresh model
@@ -180,6 +182,17 @@ class Trainer:
         return self.cfg.batch_size * self.cfg.accumulate * self.dist.world_size
 
     # ------------------------------------------------------------------ set-up
+    def dataset(self, split: str):
+        """A split of the training data, its shards found beside index.json or in `shard_roots`."""
+        from .dataset import SubjectDataset
+
+        if not self.cfg.shard_roots:
+            return SubjectDataset(self.cfg.data, split)
+        from .streaming import ShardStore
+
+        store = ShardStore(self.cfg.data, self.cfg.shard_roots, cache_dir=self.cfg.shard_cache)
+        return SubjectDataset(self.cfg.data, split, locate=store.path)
+
     def _initial_model(self) -> tuple[Generator, dict]:
         cfg = self.cfg
         resume = Path(cfg.output)
@@ -209,7 +222,6 @@ class Trainer:
         return model.train(), {}
 
     def _setup_encoder_stage(self) -> None:
-        from .dataset import SubjectDataset
         from .encoder_pretraining import ProxyHeads, ViewBank
 
         if not self.resuming:  # pre-training starts from a fresh ViT of the preset's size
@@ -223,7 +235,7 @@ class Trainer:
             self.model.config.image = fresh
         size, box = self.model.config.image.image_size, self.model.config.tokenizer
         self.bank = ViewBank(self.data, size, box, log=self.log)
-        self.heldout_bank = ViewBank(SubjectDataset(self.cfg.data, "heldout"), size, box, views="portrait",
+        self.heldout_bank = ViewBank(self.dataset("heldout"), size, box, views="portrait",
                                      count_stats=self.bank.count_stats, log=self.log)
         self.proxy = ProxyHeads(self.model.config.image.dim)
 
@@ -582,7 +594,7 @@ class Trainer:
         from .samples import heldout_subject, sample_sheet
 
         if not hasattr(self, "_sample_record"):
-            self._sample_record = heldout_subject(self.cfg.data)
+            self._sample_record = heldout_subject(self.dataset)
         sheet = sample_sheet(self.model, self.head, self.sampler, self._sample_record, size=max(128, self.cfg.render_size))
         path = sidecar(self.cfg.output, ".samples") / f"step_{self.step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
