@@ -11,7 +11,6 @@ import csv
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -122,15 +121,14 @@ def _weights_of_fresh_model(data, tmp_path) -> dict[str, np.ndarray]:
 
 
 def test_a_failing_run_under_torchrun_exits_promptly_with_the_reason(tmp_path):
-    """Bad input fails every rank with the CLI's message and exit code, and torchrun returns (no hang).
+    """Bad input fails every rank with the CLI's message and exit code, and torchrun returns (no hang: the
+    subprocess timeout fails the test instead of waiting).
     This form launches the installed `pointillist` entry point (`--no-python`)."""
     entry = Path(sys.executable).parent / "pointillist"
     if not entry.exists():
         pytest.skip("the pointillist entry point is not installed in this environment")
-    started = time.monotonic()
     run = _run_torchrun(["--no-python"], [str(entry), "train", "ar", "--data", str(tmp_path / "nowhere"),
                                           "-o", str(tmp_path / "x.safetensors"), "--steps", "1", "--dist-timeout", "20"],
                         timeout=90)
     assert run.returncode != 0 and "nowhere" in run.stderr
-    assert time.monotonic() - started < 60
     assert not (tmp_path / "x.safetensors").exists()
