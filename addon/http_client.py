@@ -102,6 +102,11 @@ class Client:
         cls = http.client.HTTPSConnection if self.endpoint.scheme == "https" else http.client.HTTPConnection
         return cls(self.endpoint.host, self.endpoint.port, timeout=timeout or self.timeout)
 
+    def _unreachable(self, exc: BaseException) -> BackendError:
+        reason = "timed out" if isinstance(exc, (socket.timeout, TimeoutError)) else \
+            (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
+        return BackendError("unreachable", f"cannot reach the backend at {self.url} ({reason}); is it running?")
+
     def _send(self, method: str, path: str, body: bytes | None, headers: dict[str, str], timeout: float | None,
               auth: bool):
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **headers}
@@ -113,10 +118,7 @@ class Client:
             return conn, conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
-            reason = "timed out" if isinstance(exc, (socket.timeout, TimeoutError)) else \
-                (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
-            raise BackendError("unreachable", f"cannot reach the backend at {self.url} ({reason}); is it running?"
-                               ) from None
+            raise self._unreachable(exc) from None
 
     def request_json(self, method: str, path: str, *, body: bytes | None = None, content_type: str | None = None,
                      timeout: float | None = None, auth: bool = True) -> dict:
@@ -239,10 +241,7 @@ class Client:
                 # on a fresh connection; anything else, or a failure on a fresh one, is the backend being gone
                 if not fresh and attempt == 0 and isinstance(exc, _STALE_CONNECTION):
                     continue
-                reason = "timed out" if isinstance(exc, (socket.timeout, TimeoutError)) else \
-                    (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
-                raise BackendError("unreachable", f"cannot reach the backend at {self.url} ({reason}); is it running?"
-                                   ) from None
+                raise self._unreachable(exc) from None
         if response.will_close:
             self.close_kept()
         if response.status >= 400:

@@ -138,7 +138,7 @@ class Renderer:
         self._lock = threading.Lock()
 
     async def render(self, request: RenderRequest) -> tuple[bytes | memoryview, str, dict[str, float]]:
-        """(body, media type, seconds per step: "rasterize", "output") for one frame, on the render thread."""
+        """(body, media type, seconds per step: "skin", "rasterize", "output") for one frame, on the render thread."""
         import asyncio
 
         with self._lock:
@@ -154,8 +154,9 @@ class Renderer:
                 self._pending -= 1
 
     def render_now(self, request: RenderRequest) -> tuple[bytes | memoryview, str, dict[str, float]]:
-        """(body, media type, seconds per step) for one frame: "rasterize" (gathering the objects and the
-        rasterizer) and "output" (the pixels into the response: film conversion, raw copy or PNG)."""
+        """(body, media type, seconds per step) for one frame: "skin" (rotations of skinned objects from their
+        bones), "rasterize" (gathering the objects and the rasterizer) and "output" (the pixels into the
+        response: film conversion, raw copy or PNG)."""
         import torch
 
         from ..render.rasterize import quat_to_rotmat, rasterize

@@ -435,14 +435,20 @@ def encode_raw_image(rgba: np.ndarray, depth: np.ndarray | None = None) -> bytes
     return buffer.tobytes()
 
 
+def _image_header(body: bytes, what: str, min_size: int) -> tuple[int, int, int]:
+    """(flags, width, height) of a PTIM response, its magic, version and flags checked."""
+    if len(body) < min_size:
+        raise PayloadError(f"{what}: shorter than its header")
+    magic, version, flags, width, height = IMAGE_HEADER.unpack_from(body, 0)
+    if magic != IMAGE_MAGIC or version != VERSION or flags & ~(HAS_DEPTH | FILM_IMAGE):
+        raise PayloadError(f"{what}: bad magic, version or flags")
+    return flags, width, height
+
+
 def decode_film_image(body: bytes) -> tuple[np.ndarray, np.ndarray | None]:
     """(RGBA (H, W, 4), depth (H, W) or None) in film layout from a FILM response: the empty film with the
     sent block pasted in (what a DCC writes to its passes)."""
-    if len(body) < IMAGE_HEADER.size + FILM_HEADER.size:
-        raise PayloadError("film image: shorter than its headers")
-    magic, version, flags, width, height = IMAGE_HEADER.unpack_from(body, 0)
-    if magic != IMAGE_MAGIC or version != VERSION or flags & ~(HAS_DEPTH | FILM_IMAGE):
-        raise PayloadError("film image: bad magic, version or flags")
+    flags, width, height = _image_header(body, "film image", IMAGE_HEADER.size + FILM_HEADER.size)
     if not flags & FILM_IMAGE:
         raise PayloadError("film image: the film layout was asked for and not given (a backend older than this client?)")
     x0, y0, w, h, *fill = FILM_HEADER.unpack_from(body, IMAGE_HEADER.size)
@@ -467,11 +473,7 @@ def decode_film_image(body: bytes) -> tuple[np.ndarray, np.ndarray | None]:
 def decode_raw_image(body: bytes) -> tuple[np.ndarray, np.ndarray | None]:
     """(RGBA (H, W, 4), depth (H, W) or None) from a raw render response (for clients and tests), as read-only
     views of `body`. A FILM response is refused here: `decode_film_image` reads it."""
-    if len(body) < IMAGE_HEADER.size:
-        raise PayloadError("raw image: shorter than its header")
-    magic, version, flags, w, h = IMAGE_HEADER.unpack_from(body, 0)
-    if magic != IMAGE_MAGIC or version != VERSION or flags & ~(HAS_DEPTH | FILM_IMAGE):
-        raise PayloadError("raw image: bad magic, version or flags")
+    flags, w, h = _image_header(body, "raw image", IMAGE_HEADER.size)
     if flags & FILM_IMAGE:
         raise PayloadError("raw image: a film layout (read it with decode_film_image)")
     expected = IMAGE_HEADER.size + 4 * w * h * (5 if flags & HAS_DEPTH else 4)
