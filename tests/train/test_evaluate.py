@@ -187,14 +187,14 @@ def test_posed_views_are_compared_with_the_avatar_posed_alike(data, head):
     posed by the view's stored controls. The subject's own Gaussians posed so reproduce its posed portrait."""
     from pointillist.train import metrics
     from pointillist.train.dataset import SubjectDataset
-    from pointillist.train.eval_reenact import GaussianArrays, render_view
-    from pointillist.train.evaluate import _novel_views, _target
+    from pointillist.train.eval_reenact import GaussianArrays, render_view, target_view
+    from pointillist.train.evaluate import _novel_views
 
     record = next(r for r in SubjectDataset(data, "all") if r.is_posed(0) and np.abs(r.poses[0, 2]).max() > 0.05)
     assert _novel_views(record) == list(range(1, record.num_views))
     g = GaussianArrays.from_record(record)
     size = record.images.shape[1]
-    target = _target(record, 0, size)
+    target = target_view(record, 0, size)
     posed = metrics.psnr(render_view(g, record, 0, size, head), target)
     at_rest = metrics.psnr(render_view(g, record, 0, size), target)
     assert posed > 30 and posed > at_rest + 2, (posed, at_rest)

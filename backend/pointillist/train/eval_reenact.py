@@ -112,6 +112,16 @@ def posed_renders(avatar: Avatar, head: HeadModel, frames: list[FaceControls], v
     return images
 
 
+def target_view(record, v: int, size: int) -> torch.Tensor:
+    """View v of the record over white (as `render_view` renders), resampled to size² with antialiasing."""
+    import torch.nn.functional as F
+
+    img = torch.as_tensor(record.images[v]).float().permute(2, 0, 1)[None] / 255
+    mask = torch.as_tensor(record.masks[v]).float()[None, None] / 255
+    return F.interpolate(img * mask + (1 - mask), size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False)[0].permute(1, 2, 0)
+
+
 def render_view(g: GaussianArrays, record, v: int, size: int, head: HeadModel | None = None) -> torch.Tensor:
     """(size, size, 3) render on white of bound Gaussians through a record's view v, posed like that view when
     it was rendered away from the rest pose (engine v2's portraits, every view of a real capture: the record's

@@ -48,6 +48,7 @@ from .eval_reenact import (
     reenactment_akd,
     render_view,
     scaled_K,
+    target_view,
     to_uint8,
 )
 from .eval_sheet import contact_sheet
@@ -92,14 +93,6 @@ class EvalResult:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _target(record, v: int, size: int) -> torch.Tensor:
-    """View v of the record over white (as we render), resampled to size² with antialiasing."""
-    img = torch.as_tensor(record.images[v]).float().permute(2, 0, 1)[None] / 255
-    mask = torch.as_tensor(record.masks[v]).float()[None, None] / 255
-    img = img * mask + (1 - mask)
-    return F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0].permute(1, 2, 0)
-
-
 def _novel_views(record) -> list[int]:
     """Views 1.. (a posed one is compared with the avatar posed alike: `render_view`)."""
     return list(range(1, record.num_views))
@@ -237,7 +230,7 @@ def _truth(record, head: HeadModel, config: EvalConfig, frames: list) -> tuple[d
         novel = [render_view(g, record, v, config.render_size, head) for v in _novel_views(record)]
         front = to_uint8(render_view(g, record, 0, size))
         posed = posed_renders(make_avatar(g, head, record.shape), head, frames, record.viewmats[0], K, size) if frames else []
-    targets = [_target(record, v, config.render_size) for v in _novel_views(record)]
+    targets = [target_view(record, v, config.render_size) for v in _novel_views(record)]
     neutral = detect(front)
     landmarks = [detect(img) for img in posed]
     motion = reenactment_akd(landmarks, [neutral] * len(landmarks)) if frames else {"akd_px": None}

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..head.model import HeadModel
 from ..model.generator import Generator
 from ..model.point_encoder import SurfaceSampler
-from .eval_reenact import GaussianArrays, render_view
+from .eval_reenact import GaussianArrays, render_view, target_view
 
 
 def heldout_subject(dataset):
@@ -44,9 +43,6 @@ def sample_sheet(model: Generator, head: HeadModel, sampler: SurfaceSampler, rec
             render = render_view(arrays, record, view, size, head)  # posed like the view when it was posed
     finally:
         model.train(was_training)
-    img = torch.as_tensor(record.images[view]).float().permute(2, 0, 1)[None] / 255
-    mask = torch.as_tensor(record.masks[view]).float()[None, None] / 255
-    target = F.interpolate(img * mask + (1 - mask), size=(size, size), mode="bilinear", antialias=True,
-                           align_corners=False)[0].permute(1, 2, 0)
+    target = target_view(record, view, size)
     bar = torch.full((size, 4, 3), 0.5)
     return (torch.cat([target, bar, render], dim=1).numpy() * 255).round().astype(np.uint8)
