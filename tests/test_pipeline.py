@@ -30,6 +30,7 @@ def tiny_checkpoint(tmp_path_factory, head):
     for part, values in MODEL_PRESETS["tiny"].items():
         base[part].update(values)
     base["tokenizer"]["num_faces"] = head.num_faces
+    base["decoder"]["probe"] = True  # the decoder reads the portrait under each point, as the shipped one does
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_generator(path, Generator(GeneratorConfig.from_json(base)), {"name": "tiny random"})
     return path

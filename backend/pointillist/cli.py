@@ -204,7 +204,7 @@ def cmd_train(args) -> None:
                              batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr, warmup=args.warmup, seed=args.seed,
                              save_every=args.save_every, log_every=args.log_every, sample_every=args.sample_every,
                              render_size=args.render_size, dinov2_weights=args.dinov2_weights,
-                             head_dropout=args.head_dropout, ar_weight=args.ar_weight, decoder_weight=args.decoder_weight,
+                             head_dropout=args.head_dropout, decoder_probe=args.decoder_probe, ar_weight=args.ar_weight, decoder_weight=args.decoder_weight,
                              precision=args.precision, device=args.device, tensorboard=args.tensorboard,
                              dist_timeout_s=args.dist_timeout, model=MODEL_PRESETS[args.model_size],
                              shard_roots=list(args.shard_root or []), shard_cache=args.shard_cache)
@@ -528,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--render-size", type=int, default=64, help="decoder/joint stage: training render size (pixels)")
     p.add_argument("--ar-weight", type=float, default=1.0, help="joint stage: weight of the AR cross-entropy")
     p.add_argument("--decoder-weight", type=float, default=1.0, help="joint stage: weight of the decoder loss")
+    p.add_argument("--decoder-probe", action="store_true",
+                   help="decoder/joint stage: give the Gaussian decoder the portrait's pixels under each point "
+                        "(an --init checkpoint without it gets the input added, its other weights kept)")
     p.add_argument("--head-dropout", type=float, default=0.0, metavar="P",
                    help="ar/joint stage: hide the fitted head's tokens from a sample with probability P, so the "
                         "transformer learns to read the portrait")

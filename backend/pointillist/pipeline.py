@@ -131,6 +131,7 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
                   cancelled: Callable[[], bool] | None = None) -> CreateResult:
     from .head.fit import fit_head
     from .model.point_encoder import SurfaceSampler
+    from .model.portrait_probe import PortraitView
     from .model.sampling import Cancelled as SamplingCancelled
     from .model.sampling import SamplingOptions, generate
     from .preprocess.portrait import understand_portrait
@@ -190,7 +191,8 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
 
     stage("decode")
     with torch.no_grad():
-        out = model.decoder(torch.as_tensor(gen.points, device=device)[None], gen.hidden[None].to(device))
+        seen = PortraitView.from_arrays(np.asarray(inputs.crop), fit.K, fit.viewmat, fit.shape, fit.pose)
+        out = model.decode(torch.as_tensor(gen.points, device=device), gen.hidden.to(device), gen.binding, seen, head)
     k = model.config.decoder.gaussians_per_point
     gaussians = Gaussians(
         means=out.means[0].cpu().numpy().astype(np.float32),

@@ -69,6 +69,24 @@ def test_decoder_stage_trains_only_the_decoder_and_evaluation_reports_everything
     assert 1 <= row["points"] <= 64
 
 
+@pytest.mark.slow
+def test_decoder_probe_is_added_to_a_trained_checkpoint_trained_and_evaluated(data, tmp_path):
+    ar = tmp_path / "ar.safetensors"
+    _train(data, ar, "ar", 2)
+    with pytest.raises(ValueError, match="decoder or joint stage"):
+        _train(data, tmp_path / "bad.safetensors", "ar", 1, init=str(ar), decoder_probe=True)
+    out = tmp_path / "probe.safetensors"
+    _train(data, out, "decoder", 3, init=str(ar), decoder_probe=True)
+    model, info = load_generator(out)
+    assert model.config.decoder.probe and info["decoder"]["config"]["decoder_probe"]
+    fuse = model.decoder.fuse.weight
+    assert fuse.shape[1] == 3 * model.config.decoder.dim and fuse[:, 2 * model.config.decoder.dim:].abs().sum() > 0
+    # resuming keeps the probe (the checkpoint now has it), and evaluation feeds it the portrait
+    _train(data, out, "decoder", 4, init=str(ar), decoder_probe=True)
+    summary = evaluate(EvalConfig(checkpoint=str(out), data=str(data), subjects=1, max_points=64, render_size=32), log=lambda s: None)
+    assert np.isfinite(summary["rows"][0]["psnr"]) and np.isfinite(summary["rows"][0]["psnr_template_positions"])
+
+
 def test_decoder_stage_needs_an_ar_checkpoint_and_bad_data_is_named(data, tmp_path, capsys):
     with pytest.raises(ValueError, match="--init"):
         Trainer(TrainConfig(stage="decoder", data=str(data), output=str(tmp_path / "x.safetensors")))

@@ -70,6 +70,8 @@ class DecoderConfig:
     gaussians_per_point: int = 8  # k; 1 is the paper
     child_radius: float = 0.008  # metres: how far a point's k Gaussians may spread around it
     base_scale: float = 0.003  # metres: the scale a zero log-scale output means
+    #: also read the portrait's pixels under each point (`portrait_probe`); False is the paper's decoder
+    probe: bool = False
 
 
 @dataclass

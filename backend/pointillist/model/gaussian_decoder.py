@@ -5,6 +5,9 @@ model's last hidden states of that point's four tokens (the paper found both nec
 transformer over all points, and emits k Gaussians per point: a bounded offset from the point, log-scales
 around a base size, a unit quaternion, an opacity logit and the SH DC colour. k = 1 is the paper; k > 1
 lets a CPU-sized point budget still give a dense avatar.
+
+With `probe` on (our addition, see `portrait_probe`), a third MLP reads what the portrait shows under each
+point, so colour comes from the photo rather than only through the AR latents.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch import Tensor, nn
 
 from .config import DecoderConfig, TokenizerConfig
 from .layers import SetBlock, fourier_dim, fourier_features, mlp
+from .portrait_probe import PROBE_FEATURES
 from .tokenizer import TOKENS_PER_POINT
 
 OUT_PER_GAUSSIAN = 3 + 3 + 4 + 1 + 3  # offset, log-scale, quaternion, opacity logit, SH DC
@@ -44,7 +48,8 @@ class GaussianDecoder(nn.Module):
         d = config.dim
         self.pos_mlp = mlp(fourier_dim(3, config.frequencies), d, d)
         self.latent_mlp = mlp(TOKENS_PER_POINT * ar_dim, d, d)
-        self.fuse = nn.Linear(2 * d, d)
+        self.probe_mlp = mlp(PROBE_FEATURES, d, d) if config.probe else None
+        self.fuse = nn.Linear((3 if config.probe else 2) * d, d)
         self.blocks = nn.ModuleList(SetBlock(d, config.heads) for _ in range(config.depth))
         self.norm = nn.LayerNorm(d)
         self.out = nn.Linear(d, config.gaussians_per_point * OUT_PER_GAUSSIAN)
@@ -58,13 +63,19 @@ class GaussianDecoder(nn.Module):
             bias[:, 6] = 1.0  # quaternion w
             self.out.bias.copy_(bias.reshape(-1))
 
-    def forward(self, points: Tensor, hidden: Tensor, padding: Tensor | None = None) -> DecodedGaussians:
-        """points (B, P, 3) metres, hidden (B, P, 4, ar_dim), padding (B, P) True where absent."""
+    def forward(self, points: Tensor, hidden: Tensor, padding: Tensor | None = None,
+                probe: Tensor | None = None) -> DecodedGaussians:
+        """points (B, P, 3) metres, hidden (B, P, 4, ar_dim), padding (B, P) True where absent,
+        probe (B, P, PROBE_FEATURES) when the config has `probe` (ignored otherwise)."""
         B, P, _ = points.shape
         c = self.config
-        x = torch.cat([self.pos_mlp(fourier_features((points - self.centre) / self.half_extent, c.frequencies)),
-                       self.latent_mlp(hidden.reshape(B, P, -1))], dim=-1)
-        x = self.fuse(x)
+        parts = [self.pos_mlp(fourier_features((points - self.centre) / self.half_extent, c.frequencies)),
+                 self.latent_mlp(hidden.reshape(B, P, -1))]
+        if self.probe_mlp is not None:
+            if probe is None:
+                raise ValueError("this decoder reads the portrait (config.probe): pass the probe features")
+            parts.append(self.probe_mlp(probe))
+        x = self.fuse(torch.cat(parts, dim=-1))
         for block in self.blocks:
             x = block(x, padding)
         raw = self.out(self.norm(x)).view(B, P, c.gaussians_per_point, OUT_PER_GAUSSIAN)

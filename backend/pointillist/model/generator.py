@@ -7,9 +7,10 @@ from torch import Tensor, nn
 
 from .ar_transformer import ARTransformer
 from .config import GeneratorConfig
-from .gaussian_decoder import GaussianDecoder
+from .gaussian_decoder import DecodedGaussians, GaussianDecoder
 from .image_encoder import ImageEncoder
 from .point_encoder import PointEncoder
+from .portrait_probe import PortraitView, probe_features
 from .tokenizer import PointTokenizer
 
 
@@ -39,6 +40,18 @@ class Generator(nn.Module):
         img = self.image_proj(self.image_encoder(images)) * image_scale + self.source_emb[0]
         pts = self.point_proj(self.point_encoder(head_points)) * point_scale + self.source_emb[1]
         return torch.cat([img, pts], dim=1)
+
+    def decode(self, points: Tensor, hidden: Tensor, binding, portrait: PortraitView | None = None,
+               head=None) -> DecodedGaussians:
+        """One subject's points (P, 3), their tokens' hidden states (P, 4, d) and triangles (P,) -> Gaussians
+        (batch of 1). A decoder that reads the portrait (`config.decoder.probe`) needs `portrait` and the
+        head model that poses the points into it; the paper's decoder ignores both."""
+        probe = None
+        if self.config.decoder.probe:
+            if portrait is None or head is None:
+                raise ValueError("this checkpoint's decoder reads the portrait: pass portrait= and head=")
+            probe = probe_features(points, binding, portrait, head)[None]
+        return self.decoder(points[None], hidden[None], probe=probe)
 
     def parameter_counts(self) -> dict[str, int]:
         parts = {"image_encoder": self.image_encoder, "point_encoder": self.point_encoder, "ar": self.ar, "decoder": self.decoder}

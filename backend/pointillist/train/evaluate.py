@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from ..head.model import HeadModel
 from ..model.checkpoint import load_generator
 from ..model.point_encoder import SurfaceSampler
+from ..model.portrait_probe import PortraitView
 from ..model.sampling import SamplingOptions, generate
 from . import metrics
 from .eval_reenact import (
@@ -252,12 +253,14 @@ def _evaluate_subject(model, sampler, head: HeadModel, record, config: EvalConfi
         ar_loss_blind = float(_full_ar_loss(model, record, model.condition(images, points, image_scale=0.0)))
         gen = generate(model.ar, model.tokenizer, cond, SamplingOptions(
             temperature=config.temperature, max_points=config.max_points, seed=config.seed + record.subject_id))
-        decoded = model.decoder(torch.as_tensor(gen.points)[None], gen.hidden[None])
+        portrait = PortraitView.from_record(record)
+        decoded = model.decode(torch.as_tensor(gen.points), gen.hidden, gen.binding, portrait, head)
         chamfer_cm, binding_acc = metrics.chamfer_and_binding(gen.points, gen.binding, record.ar_points, record.ar_binding)
         # template-positions ablation
         tpts, tbind = _template_points(head, record.shape)
         enc = model.tokenizer.encode(tpts, tbind)
-        ablation = model.decoder(torch.as_tensor(enc.points)[None], teacher_forced_hidden(model, enc.tokens, cond)[None])
+        ablation = model.decode(torch.as_tensor(enc.points), teacher_forced_hidden(model, enc.tokens, cond), enc.binding,
+                                portrait, head)
         scores: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "psnr_template_positions", "ssim_template_positions")}
         k = model.config.decoder.gaussians_per_point
         g = GaussianArrays.from_decoder(decoded, gen.binding, k)

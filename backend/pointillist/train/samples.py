@@ -14,6 +14,7 @@ import torch
 from ..head.model import HeadModel
 from ..model.generator import Generator
 from ..model.point_encoder import SurfaceSampler
+from ..model.portrait_probe import PortraitView
 from .eval_reenact import GaussianArrays, render_view, target_view
 
 
@@ -38,7 +39,8 @@ def sample_sheet(model: Generator, head: HeadModel, sampler: SurfaceSampler, rec
             cond = model.condition(images.to(device), points.to(device))
             enc = model.tokenizer.encode(record.ar_points, record.ar_binding)
             hidden = teacher_forced_hidden(model, enc.tokens, cond)
-            g = model.decoder(torch.as_tensor(enc.points, device=device)[None], hidden[None])
+            g = model.decode(torch.as_tensor(enc.points, device=device), hidden, enc.binding,
+                             PortraitView.from_record(record), head)
             arrays = GaussianArrays.from_decoder(g, enc.binding, model.config.decoder.gaussians_per_point)
             render = render_view(arrays, record, view, size, head)  # posed like the view when it was posed
     finally:

@@ -35,7 +35,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,7 @@ from ..model.checkpoint import load_generator, save_generator
 from ..model.config import GeneratorConfig
 from ..model.generator import Generator
 from ..model.point_encoder import SurfaceSampler
+from ..model.portrait_probe import PortraitView
 from ..render.rasterize import rasterize
 from ..render.sh import SH_C0
 from .distributed import DEFAULT_TIMEOUT_S, DistContext, global_batch
@@ -88,6 +89,9 @@ class TrainConfig:
     #: AR stage: probability of hiding a sample's head-mesh tokens, so the transformer must read the image
     #: (the fitted head explains the face so well that the image is otherwise ignored; hair is only in the image).
     head_dropout: float = 0.0
+    #: decoder/joint stage: the decoder also reads the portrait under each point (`model.portrait_probe`);
+    #: an --init checkpoint whose decoder lacks it is warm-started (`with_probe`)
+    decoder_probe: bool = False
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda
     tensorboard: bool = True
@@ -202,12 +206,17 @@ class Trainer:
             return model.train(), info
         if cfg.init:
             model, info = load_generator(cfg.init)
+            if cfg.decoder_probe and not model.config.decoder.probe:
+                if cfg.stage not in ("decoder", "joint"):
+                    raise ValueError("--decoder-probe adds a decoder input: use it with the decoder or joint stage")
+                with_probe(model)
             return model.train(), info
         if cfg.stage == "decoder":
             raise ValueError("the decoder stage starts from a trained AR checkpoint: pass --init")
         base = GeneratorConfig().to_json()
         for part, values in cfg.model.items():
             base[part].update(values) if isinstance(values, dict) else base.__setitem__(part, values)
+        base["decoder"]["probe"] = base["decoder"].get("probe", False) or cfg.decoder_probe
         base["tokenizer"]["num_faces"] = self.head.data.num_faces
         base["head_model_id"] = self.head.model_id
         model = Generator(GeneratorConfig.from_json(base))
@@ -452,7 +461,7 @@ class Trainer:
         m, dev = self.model, self.device
         pts = torch.as_tensor(ar_points, device=dev)
         with self.precision.autocast():
-            g = m.decoder(pts[None], hidden[None])
+            g = m.decode(pts, hidden, ar_binding, PortraitView.from_record(r), self.head)
         S = self.cfg.render_size
         stats = {"l1": 0.0, "ssim": 0.0, "mask": 0.0}
         with self.precision.full_precision():
@@ -650,6 +659,24 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, to
             state["state"][i] = {"step": tensors[f"{i}.step"].reshape(()).clone(), "exp_avg": tensors[f"{i}.exp_avg"],
                                  "exp_avg_sq": tensors[f"{i}.exp_avg_sq"]}
     optimizer.load_state_dict(state)
+
+
+def with_probe(model: Generator) -> None:
+    """Give a trained decoder the portrait probe in place: every weight is kept and the new input enters
+    through zero columns of the fusing layer, so the decoder starts out exactly as it was."""
+    from ..model.gaussian_decoder import GaussianDecoder
+
+    old = model.decoder
+    model.config.decoder = replace(model.config.decoder, probe=True)
+    new = GaussianDecoder(model.config.decoder, model.config.tokenizer, model.config.ar.dim)
+    state = new.state_dict()
+    for name, value in old.state_dict().items():
+        if name == "fuse.weight":
+            state[name] = torch.cat([value, torch.zeros(value.shape[0], state[name].shape[1] - value.shape[1])], dim=1)
+        else:
+            state[name] = value
+    new.load_state_dict(state)
+    model.decoder = new
 
 
 # ---------------------------------------------------------------------- shared with evaluation
