@@ -150,6 +150,19 @@ def test_encoder_pretraining_learns_resumes_and_the_ar_stage_then_keeps_the_enco
     assert info["encoder"]["step"] == 32 and info["ar"]["step"] == 2
 
 
+def test_the_pose_target_is_the_camera_as_the_turned_face_sees_it():
+    from pointillist.train.encoder_pretraining import face_yaw_pitch
+
+    orbit = np.array([[0.0, 0.0], [20.0, -5.0], [0.0, 0.0], [0.0, 0.0], [15.0, 0.0]])
+    poses = np.zeros((5, 5, 3))
+    poses[2, 1] = (0.0, np.radians(10), 0.0)  # neck turned 10° toward +x: the camera at yaw 0 now sits at -10°
+    poses[3, 0] = (np.radians(12), 0.0, 0.0)  # root pitched 12° (chin down): the camera looks 12° from above
+    poses[4, 1] = (0.0, np.radians(15), 0.0)  # the face turns to follow a camera at yaw 15°: seen head-on
+    seen = face_yaw_pitch(orbit, poses)
+    np.testing.assert_allclose(seen[:2], orbit[:2], atol=1e-9)  # no turn: the orbit itself
+    np.testing.assert_allclose(seen[2:], [[-10.0, 0.0], [0.0, 12.0], [0.0, 0.0]], atol=1e-9)
+
+
 def test_proxy_targets_mirror_with_the_image():
     import torch
 

@@ -10,7 +10,8 @@ then frozen for the AR stage, as the paper freezes DINOv2:
 * the number of AR points (log): the adaptive point count;
 * coarse occupancy of the avatar's canonical points (a G³ grid over the tokenizer's box): where hair is;
 * coarse colour (a C³ grid of the mean colour of visible Gaussians in each cell): skin, hair, clothing;
-* the camera's yaw and pitch, so the features separate the view from the person.
+* the camera's yaw and pitch as the face sees it (the orbit undone by the head's own root and neck turn in a
+  posed portrait), so the features separate the view from the person.
 
 Every view of every training subject is an example. Views are mirrored at random with their targets
 (grids flip in x, yaw changes sign) and jittered in scale and position as much as the portrait crop is.
@@ -86,6 +87,21 @@ def subject_targets(record, box: TokenizerConfig) -> dict[str, np.ndarray]:
             "colour_mask": (counts >= 8).reshape((COLOUR_GRID,) * 3).astype(np.float32)}
 
 
+def face_yaw_pitch(orbit_yaw_pitch: np.ndarray, poses: np.ndarray) -> np.ndarray:
+    """(V, 2) degrees: the camera's orbit direction (`render.camera.orbit_viewmat`'s yaw and pitch) expressed
+    in the frame of the head after its root and neck rotations (`poses` (V, 5, 3) axis-angle). A face turned
+    10° to its left in front of a camera at yaw 0 looks like a camera at yaw -10°: that is what the
+    image shows, so that is the target."""
+    from scipy.spatial.transform import Rotation
+
+    yaw, pitch = np.radians(np.asarray(orbit_yaw_pitch, np.float64)).T
+    outward = np.stack([np.sin(yaw) * np.cos(pitch), np.sin(pitch), np.cos(yaw) * np.cos(pitch)], axis=1)
+    poses = np.asarray(poses, np.float64)
+    head = Rotation.from_rotvec(poses[:, 0]) * Rotation.from_rotvec(poses[:, 1])  # root, then neck
+    seen = head.inv().apply(outward)
+    return np.degrees(np.stack([np.arctan2(seen[:, 0], seen[:, 2]), np.arcsin(np.clip(seen[:, 1], -1, 1))], axis=1))
+
+
 class ViewBank:
     """Every view of a split's subjects resized to the encoder's input, with their targets, in memory.
 
@@ -104,7 +120,7 @@ class ViewBank:
             images.append(img.round().clamp(0, 255).to(torch.uint8))
             t = subject_targets(record, box)
             per_subject.extend([t] * len(chosen))
-            per_view.extend(record.view_yaw_pitch[list(chosen)])
+            per_view.extend(face_yaw_pitch(record.view_yaw_pitch[list(chosen)], record.poses[list(chosen)]))
             if (n + 1) % 100 == 0:
                 log(f"encoder data: {n + 1}/{len(dataset)} subjects")
         self.images = torch.cat(images)
