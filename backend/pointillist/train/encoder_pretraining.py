@@ -90,8 +90,8 @@ def subject_targets(record, box: TokenizerConfig) -> dict[str, np.ndarray]:
 def face_yaw_pitch(orbit_yaw_pitch: np.ndarray, poses: np.ndarray) -> np.ndarray:
     """(V, 2) degrees: the camera's orbit direction (`render.camera.orbit_viewmat`'s yaw and pitch) expressed
     in the frame of the head after its root and neck rotations (`poses` (V, 5, 3) axis-angle). A face turned
-    10° to its left in front of a camera at yaw 0 looks like a camera at yaw -10°: that is what the
-    image shows, so that is the target."""
+    10° toward +x in front of a camera at yaw 0 looks like one seen from yaw -10°: that is what the image
+    shows, so that is the target."""
     from scipy.spatial.transform import Rotation
 
     yaw, pitch = np.radians(np.asarray(orbit_yaw_pitch, np.float64)).T
