@@ -107,11 +107,15 @@ class Client:
             (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
         return BackendError("unreachable", f"cannot reach the backend at {self.url} ({reason}); is it running?")
 
+    def _headers(self, headers: dict[str, str], auth: bool) -> dict[str, str]:
+        out = {"User-Agent": USER_AGENT, "Accept": "application/json", **headers}
+        if auth:
+            out["Authorization"] = f"Bearer {self.token}"
+        return out
+
     def _send(self, method: str, path: str, body: bytes | None, headers: dict[str, str], timeout: float | None,
               auth: bool):
-        headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **headers}
-        if auth:
-            headers["Authorization"] = f"Bearer {self.token}"
+        headers = self._headers(headers, auth)
         conn = self._connection(timeout)
         try:
             conn.request(method, self.endpoint.prefix + path, body=body, headers=headers)
@@ -220,9 +224,8 @@ class Client:
 
         An unknown object raises BackendError code `unknown_object` (status 404): register it and retry.
         """
-        headers = {"User-Agent": USER_AGENT, "Authorization": f"Bearer {self.token}",
-                   "Content-Type": "application/octet-stream",
-                   "Accept": "application/octet-stream, image/png, application/json"}
+        headers = self._headers({"Content-Type": "application/octet-stream",
+                                 "Accept": "application/octet-stream, image/png, application/json"}, auth=True)
         for attempt in range(2):  # frames reuse one connection (a new one costs ~1 ms a frame on loopback)
             conn = getattr(self._kept, "conn", None)
             fresh = conn is None
@@ -247,7 +250,6 @@ class Client:
         if response.status >= 400:
             self._decode(response.status, payload[: 1 << 20])
         return payload, server_timing(response.getheader("Server-Timing", ""))
-
 
     def close_kept(self) -> None:
         """Close this thread's kept-alive frame connection (the next frame opens a new one)."""

@@ -317,7 +317,7 @@ def object_id(attrs: ObjectAttributes) -> str:
 
 def with_skinning(attrs: ObjectAttributes, weights: WeightPatterns | None) -> ObjectAttributes:
     """The attributes registered with the object's weight patterns (payload flag SKIN), so a frame sends its
-    bones' rotations and the backend skins every splat's rotation (`pointillist.server.render.skinned_quats`,
+    bones' rotations and the backend skins every splat's rotation (`pointillist.render.skinning.skin_quaternions`,
     the same polar blend as `skin_rotations`) instead of receiving one rotation per splat. Rigs with more
     bones than the payload carries keep sending per-splat rotations."""
     if weights is None or weights.rows.shape[1] > MAX_BONES:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
@@ -12,6 +14,9 @@ from .image_encoder import ImageEncoder
 from .point_encoder import PointEncoder
 from .portrait_probe import PortraitView, probe_features
 from .tokenizer import PointTokenizer
+
+if TYPE_CHECKING:
+    from ..head.model import HeadModel
 
 
 class Generator(nn.Module):
@@ -42,7 +47,7 @@ class Generator(nn.Module):
         return torch.cat([img, pts], dim=1)
 
     def decode(self, points: Tensor, hidden: Tensor, binding, portrait: PortraitView | None = None,
-               head=None) -> DecodedGaussians:
+               head: HeadModel | None = None) -> DecodedGaussians:
         """One subject's points (P, 3), their tokens' hidden states (P, 4, d) and triangles (P,) -> Gaussians
         (batch of 1). A decoder that reads the portrait (`config.decoder.probe`) needs `portrait` and the
         head model that poses the points into it; the paper's decoder ignores both."""

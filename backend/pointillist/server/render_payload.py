@@ -400,10 +400,17 @@ def raw_image_buffer(width: int, height: int, with_depth: bool) -> tuple[np.ndar
 
     The renderer writes pixels straight into the views, so the response is built without extra copies.
     """
-    pixels = width * height
-    buffer = np.empty(IMAGE_HEADER.size + 4 * pixels * (5 if with_depth else 4), np.uint8)
+    buffer, rgba, depth = _pass_buffer(IMAGE_HEADER.size, width, height, with_depth)
     IMAGE_HEADER.pack_into(buffer, 0, IMAGE_MAGIC, VERSION, HAS_DEPTH if with_depth else 0, width, height)
-    body = buffer[IMAGE_HEADER.size:].view(F32)
+    return buffer, rgba, depth
+
+
+def _pass_buffer(start: int, width: int, height: int, with_depth: bool
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(uint8 buffer of `start` header bytes + the passes, RGBA view (h, w, 4), depth view (h, w) or None)."""
+    pixels = width * height
+    buffer = np.empty(start + 4 * pixels * (5 if with_depth else 4), np.uint8)
+    body = buffer[start:].view(F32)
     rgba = body[: 4 * pixels].reshape(height, width, 4)
     depth = body[4 * pixels:].reshape(height, width) if with_depth else None
     return buffer, rgba, depth
@@ -415,14 +422,10 @@ def film_image_buffer(width: int, height: int, block: tuple[int, int, int, int],
     x0, y0, w, h = block
     if not (0 <= x0 and 0 <= y0 and x0 + w <= width and y0 + h <= height):
         raise PayloadError(f"film block {block} is outside the {width}x{height} frame")
-    start = IMAGE_HEADER.size + FILM_HEADER.size
-    buffer = np.empty(start + 4 * w * h * (5 if with_depth else 4), np.uint8)
+    buffer, rgba, depth = _pass_buffer(IMAGE_HEADER.size + FILM_HEADER.size, w, h, with_depth)
     IMAGE_HEADER.pack_into(buffer, 0, IMAGE_MAGIC, VERSION, FILM_IMAGE | (HAS_DEPTH if with_depth else 0), width, height)
     FILM_HEADER.pack_into(buffer, IMAGE_HEADER.size, x0, y0, w, h, *np.asarray(fill_rgba, np.float32).reshape(4),
                           float(fill_depth))
-    body = buffer[start:].view(F32)
-    rgba = body[: 4 * w * h].reshape(h, w, 4)
-    depth = body[4 * w * h:].reshape(h, w) if with_depth else None
     return buffer, rgba, depth
 
 
@@ -458,10 +461,8 @@ def decode_film_image(body: bytes) -> tuple[np.ndarray, np.ndarray | None]:
         raise PayloadError(f"film image: block {(x0, y0, w, h)} is outside the {width}x{height} frame")
     if len(body) != start + 4 * w * h * (5 if with_depth else 4):
         raise PayloadError(f"film image: {len(body)} bytes do not match a {w}x{h} block")
-    fill_rgba = np.asarray(fill[:4], np.float32)
-    rgba = np.zeros((height, width, 4), np.float32) if not fill_rgba.any() else np.empty((height, width, 4), np.float32)
-    if fill_rgba.any():
-        rgba[...] = fill_rgba
+    rgba = np.empty((height, width, 4), np.float32)
+    rgba[...] = np.asarray(fill[:4], np.float32)
     rgba[y0:y0 + h, x0:x0 + w] = np.frombuffer(body, F32, count=w * h * 4, offset=start).reshape(h, w, 4)
     depth = None
     if with_depth:

@@ -216,7 +216,7 @@ class Trainer:
         base = GeneratorConfig().to_json()
         for part, values in cfg.model.items():
             base[part].update(values) if isinstance(values, dict) else base.__setitem__(part, values)
-        base["decoder"]["probe"] = base["decoder"].get("probe", False) or cfg.decoder_probe
+        base["decoder"]["probe"] = base["decoder"]["probe"] or cfg.decoder_probe
         base["tokenizer"]["num_faces"] = self.head.data.num_faces
         base["head_model_id"] = self.head.model_id
         model = Generator(GeneratorConfig.from_json(base))
@@ -285,13 +285,14 @@ class Trainer:
             raise ValueError(f"{state_path}: a {meta.get('stage')!r} run; cannot resume it as {self.cfg.stage!r}")
         if self.cfg.stage == "encoder":
             self.proxy.load_state_dict({k.removeprefix("proxy."): v for k, v in tensors.items() if k.startswith("proxy.")})
-        saved_step = (self.info.get(self.cfg.stage) or {}).get("step")
+        saved = self.info.get(self.cfg.stage) or {}
+        saved_step = saved.get("step")
         if saved_step is not None and int(saved_step) != int(meta["step"]):
             raise ValueError(f"{state_path}: resume state at step {meta['step']} but {self.cfg.output} at step "
                              f"{saved_step} (the run stopped between the two writes); start a new --output with "
                              f"--init {self.cfg.output}")
         load_optimizer_state(self.optimizer, tensors, self.trainable)
-        saved_batch = (self.info.get(self.cfg.stage) or {}).get("effective_batch")
+        saved_batch = saved.get("effective_batch")
         if saved_batch is not None and int(saved_batch) != self.effective_batch:
             self.log(f"warning: resuming with an effective batch of {self.effective_batch} where the run used "
                      f"{saved_batch}: the data stream continues from step x batch, so some subjects are skipped "
