@@ -43,7 +43,7 @@ class PortraitView:
                     pose: np.ndarray | None = None) -> PortraitView:
         """From an (H, W, 3) uint8 image and numpy camera, shape and pose."""
         f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)
-        return cls(torch.as_tensor(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255, f32(K), f32(viewmat),
+        return cls(torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255, f32(K), f32(viewmat),
                    f32(shape), None if pose is None else f32(pose))
 
     @classmethod
