@@ -204,7 +204,7 @@ def cmd_train(args) -> None:
                              batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr, warmup=args.warmup, seed=args.seed,
                              save_every=args.save_every, log_every=args.log_every, sample_every=args.sample_every,
                              render_size=args.render_size, dinov2_weights=args.dinov2_weights,
-                             head_dropout=args.head_dropout, decoder_probe=args.decoder_probe, ar_weight=args.ar_weight, decoder_weight=args.decoder_weight,
+                             head_dropout=args.head_dropout, decoder_probe=args.decoder_probe, head_probe=args.head_probe, ar_weight=args.ar_weight, decoder_weight=args.decoder_weight,
                              precision=args.precision, device=args.device, tensorboard=args.tensorboard,
                              dist_timeout_s=args.dist_timeout, model=MODEL_PRESETS[args.model_size],
                              shard_roots=list(args.shard_root or []), shard_cache=args.shard_cache)
@@ -212,15 +212,19 @@ def cmd_train(args) -> None:
         dist = DistContext.from_env(config.device, config.dist_timeout_s)
     except ValueError as exc:  # a bad option value: the message names it
         raise CliError(str(exc)) from None
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if dist.is_main else (lambda line: None)
     try:
-        log = (lambda line: print(line, file=sys.stderr, flush=True)) if dist.is_main else (lambda line: None)
-        try:
-            trainer = Trainer(config, head=_load_head(args.head), log=log, dist=dist)
-        except (ValueError, DistributedError) as exc:  # data, --init, stage or rank-agreement problems (DatasetError is a ValueError)
-            raise CliError(str(exc)) from None
-        trainer.run()
-    finally:
-        dist.close()
+        trainer = Trainer(config, head=_load_head(args.head), log=log, dist=dist)
+    except (ValueError, DistributedError) as exc:  # data, --init, stage or rank-agreement problems (DatasetError is a ValueError)
+        dist.close()  # every rank checks these the same way, so every rank leaves here
+        raise CliError(str(exc)) from None
+    trainer.run()
+    # Leave the group together and only after success: a rank that tore gloo down while rank 0 still wrote the
+    # checkpoint aborted in gloo's shutdown ("terminate called without an active exception") and failed a run
+    # that had finished; after an error, a collective teardown could wait on a rank that is gone (torchrun
+    # stops the others instead).
+    dist.barrier()
+    dist.close()
     if dist.is_main:
         print(json.dumps({"checkpoint": args.output}))
 
@@ -531,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-probe", action="store_true",
                    help="decoder/joint stage: give the Gaussian decoder the portrait's pixels under each point "
                         "(an --init checkpoint without it gets the input added, its other weights kept)")
+    p.add_argument("--head-probe", action="store_true",
+                   help="ar/joint stage: let the head-point tokens read the portrait's matte and colour along rays out "
+                        "of the fitted head (an --init checkpoint without it gets the input added, its other weights kept)")
     p.add_argument("--head-dropout", type=float, default=0.0, metavar="P",
                    help="ar/joint stage: hide the fitted head's tokens from a sample with probability P, so the "
                         "transformer learns to read the portrait")
