@@ -131,7 +131,7 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
                   cancelled: Callable[[], bool] | None = None) -> CreateResult:
     from .head.fit import fit_head
     from .model.point_encoder import SurfaceSampler
-    from .model.portrait_probe import PortraitView
+    from .model.portrait_probe import PortraitView, ray_probe_features
     from .model.sampling import Cancelled as SamplingCancelled
     from .model.sampling import SamplingOptions, generate
     from .preprocess.portrait import understand_portrait
@@ -173,10 +173,13 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
     image = torch.as_tensor(np.array(inputs.crop)).permute(2, 0, 1)[None].float().div(255)
     image = F.interpolate(image, size=(S, S), mode="bilinear", antialias=True, align_corners=False).to(device)
     shape = torch.as_tensor(fit.shape, dtype=torch.float32)[None]
+    seen = PortraitView.from_arrays(np.asarray(inputs.crop), fit.K, fit.viewmat, fit.shape, fit.pose, inputs.matte)
     with torch.no_grad():
         identity = head.identity_vertices(shape)
         sampler = SurfaceSampler(head.data, model.config.points.num_points, seed=0)
-        cond = model.condition(image, sampler(identity).to(device))
+        head_points = sampler(identity)
+        probe = ray_probe_features(head_points[0], sampler.face_index, seen, head)[None] if model.config.points.probe else None
+        cond = model.condition(image, head_points.to(device), head_probe=None if probe is None else probe.to(device))
     done("encode")
 
     stage("generate")
@@ -191,7 +194,6 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
 
     stage("decode")
     with torch.no_grad():
-        seen = PortraitView.from_arrays(np.asarray(inputs.crop), fit.K, fit.viewmat, fit.shape, fit.pose)
         out = model.decode(torch.as_tensor(gen.points, device=device), gen.hidden.to(device), gen.binding, seen, head)
     k = model.config.decoder.gaussians_per_point
     gaussians = Gaussians(

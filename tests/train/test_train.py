@@ -87,6 +87,24 @@ def test_decoder_probe_is_added_to_a_trained_checkpoint_trained_and_evaluated(da
     assert np.isfinite(summary["rows"][0]["psnr"]) and np.isfinite(summary["rows"][0]["psnr_template_positions"])
 
 
+def test_head_probe_is_added_to_a_trained_ar_checkpoint_trained_and_evaluated(data, tmp_path):
+    from pointillist.model.point_encoder import PointEncoder
+
+    ar = tmp_path / "ar.safetensors"
+    _train(data, ar, "ar", 2)
+    with pytest.raises(ValueError, match="ar or joint stage"):
+        _train(data, tmp_path / "bad.safetensors", "decoder", 1, init=str(ar), head_probe=True)
+    out = tmp_path / "head_probe.safetensors"
+    _train(data, out, "ar", 3, init=str(ar), head_probe=True)
+    model, info = load_generator(out)
+    assert model.config.points.probe and info["ar"]["config"]["head_probe"]
+    added = model.point_encoder.embed.weight[:, PointEncoder.geometry_features(model.config.points):]
+    assert added.shape[1] > 0 and added.abs().sum() > 0  # the new columns started at zero and trained
+    summary = evaluate(EvalConfig(checkpoint=str(out), data=str(data), subjects=1, max_points=64, render_size=32), log=lambda s: None)
+    row = summary["rows"][0]
+    assert np.isfinite(row["ar_loss"]) and row["ar_loss_no_image"] != row["ar_loss"]
+
+
 def test_decoder_stage_needs_an_ar_checkpoint_and_bad_data_is_named(data, tmp_path, capsys):
     with pytest.raises(ValueError, match="--init"):
         Trainer(TrainConfig(stage="decoder", data=str(data), output=str(tmp_path / "x.safetensors")))
@@ -196,9 +214,9 @@ def test_head_dropout_hides_the_fitted_head_from_the_ar_loss(data, tmp_path):
     trainer = _train(data, tmp_path / "ar.safetensors", "ar", 1, head_dropout=1.0)
     trainer.model.eval()  # no attention dropout: equal inputs give equal losses
     records = [trainer.data[0]]
-    images, points = trainer.conditioning_inputs(records)
-    real = lambda recs: (images, points)  # noqa: E731 - the same rendered view every call
-    shifted = lambda recs: (images, points + 0.05)  # noqa: E731 - a different fitted head
+    images, points, probe = trainer.conditioning_inputs(records)
+    real = lambda recs: (images, points, probe)  # noqa: E731 - the same rendered view every call
+    shifted = lambda recs: (images, points + 0.05, probe)  # noqa: E731 - a different fitted head
     trainer.conditioning_inputs = real
 
     def loss() -> float:

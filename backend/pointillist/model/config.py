@@ -44,6 +44,9 @@ class PointEncoderConfig:
     depth: int = 2
     heads: int = 4
     frequencies: int = 8  # positional-encoding octaves
+    #: also read the portrait along each sample's outward ray (`portrait_probe.ray_probe_features`); False is
+    #: the paper's head-point encoder
+    probe: bool = False
 
 
 @dataclass

@@ -36,14 +36,17 @@ class Generator(nn.Module):
         self.decoder = GaussianDecoder(config.decoder, config.tokenizer, d)
 
     def condition(self, images: Tensor, head_points: Tensor, image_scale: float | Tensor = 1.0,
-                  point_scale: float | Tensor = 1.0) -> Tensor:
+                  point_scale: float | Tensor = 1.0, head_probe: Tensor | None = None) -> Tensor:
         """images (B, 3, S, S) in [0, 1], head_points (B, M, 6) -> conditioning tokens (B, C, d).
 
-        `image_scale=0` zeroes the image features (the conditioning ablation); `point_scale` does the same for
-        the head-mesh tokens. Either may be a (B, 1, 1) tensor to zero them per sample (training dropout).
+        `head_probe` (B, M, RAY_PROBE_FEATURES): what the portrait shows along each head sample's ray, for
+        a head-point encoder with `config.points.probe`. `image_scale=0` zeroes everything taken from the
+        portrait (the image features and the ray probe: the conditioning ablation); `point_scale` zeroes the
+        head-mesh tokens. Either may be a (B, 1, 1) tensor to zero them per sample (training dropout).
         """
         img = self.image_proj(self.image_encoder(images)) * image_scale + self.source_emb[0]
-        pts = self.point_proj(self.point_encoder(head_points)) * point_scale + self.source_emb[1]
+        probe = head_probe * image_scale if head_probe is not None else None
+        pts = self.point_proj(self.point_encoder(head_points, probe)) * point_scale + self.source_emb[1]
         return torch.cat([img, pts], dim=1)
 
     def decode(self, points: Tensor, hidden: Tensor, binding, portrait: PortraitView | None = None,

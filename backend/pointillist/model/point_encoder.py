@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ..head.data import HeadModelData
 from .config import PointEncoderConfig
 from .layers import SetBlock, fourier_dim, fourier_features
+from .portrait_probe import RAY_PROBE_FEATURES
 
 EXCLUDED_PARTS = ("mouth_cavity", "teeth_upper", "teeth_lower")
 HEAD_EXTENT = 0.25  # metres: coordinates are divided by this before the Fourier encoding
@@ -49,17 +50,30 @@ class SurfaceSampler:
 
 
 class PointEncoder(nn.Module):
-    """(B, M, 6) positions + normals -> (B, M, dim) tokens."""
+    """(B, M, 6) positions + normals [+ (B, M, RAY_PROBE_FEATURES) portrait rays] -> (B, M, dim) tokens.
+
+    The ray-probe features (config `probe`) enter through the last columns of the input embedding, so a
+    trained encoder gains them with zero columns and starts out unchanged (`train_generator.with_head_probe`).
+    """
 
     def __init__(self, config: PointEncoderConfig = PointEncoderConfig()):
         super().__init__()
         self.config = config
-        self.embed = nn.Linear(fourier_dim(3, config.frequencies) + 3, config.dim)
+        self.embed = nn.Linear(self.geometry_features(config) + (RAY_PROBE_FEATURES if config.probe else 0), config.dim)
         self.blocks = nn.ModuleList(SetBlock(config.dim, config.heads) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.dim)
 
-    def forward(self, points: Tensor) -> Tensor:
-        x = self.embed(torch.cat([fourier_features(points[..., :3] / HEAD_EXTENT, self.config.frequencies), points[..., 3:]], -1))
+    @staticmethod
+    def geometry_features(config: PointEncoderConfig) -> int:
+        return fourier_dim(3, config.frequencies) + 3
+
+    def forward(self, points: Tensor, probe: Tensor | None = None) -> Tensor:
+        parts = [fourier_features(points[..., :3] / HEAD_EXTENT, self.config.frequencies), points[..., 3:]]
+        if self.config.probe:
+            if probe is None:
+                raise ValueError("this head-point encoder reads the portrait (config.probe): pass the ray-probe features")
+            parts.append(probe.to(points.dtype))
+        x = self.embed(torch.cat(parts, -1))
         for block in self.blocks:
             x = block(x)
         return self.norm(x)

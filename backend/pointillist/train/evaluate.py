@@ -247,10 +247,11 @@ def _truth(record, head: HeadModel, config: EvalConfig, frames: list) -> tuple[d
 def _evaluate_subject(model, sampler, head: HeadModel, record, config: EvalConfig, frames: list,
                       truth: dict) -> tuple[dict, dict]:
     with torch.no_grad():
-        images, points = conditioning_inputs(model, head, sampler, [record])
-        cond = model.condition(images, points)
+        images, points, probe = conditioning_inputs(model, head, sampler, [record])
+        cond = model.condition(images, points, head_probe=probe)
         ar_loss = float(_full_ar_loss(model, record, cond))
-        ar_loss_blind = float(_full_ar_loss(model, record, model.condition(images, points, image_scale=0.0)))
+        blind = model.condition(images, points, image_scale=0.0, head_probe=probe)
+        ar_loss_blind = float(_full_ar_loss(model, record, blind))
         gen = generate(model.ar, model.tokenizer, cond, SamplingOptions(
             temperature=config.temperature, max_points=config.max_points, seed=config.seed + record.subject_id))
         portrait = PortraitView.from_record(record)

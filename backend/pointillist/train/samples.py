@@ -35,8 +35,8 @@ def sample_sheet(model: Generator, head: HeadModel, sampler: SurfaceSampler, rec
     model.eval()
     try:
         with torch.no_grad():
-            images, points = conditioning_inputs(model, head, sampler, [record])
-            cond = model.condition(images.to(device), points.to(device))
+            images, points, probe = conditioning_inputs(model, head, sampler, [record])
+            cond = model.condition(images.to(device), points.to(device), head_probe=None if probe is None else probe.to(device))
             enc = model.tokenizer.encode(record.ar_points, record.ar_binding)
             hidden = teacher_forced_hidden(model, enc.tokens, cond)
             g = model.decode(torch.as_tensor(enc.points, device=device), hidden, enc.binding,

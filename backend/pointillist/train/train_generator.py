@@ -49,7 +49,7 @@ from ..model.checkpoint import load_generator, save_generator
 from ..model.config import GeneratorConfig
 from ..model.generator import Generator
 from ..model.point_encoder import SurfaceSampler
-from ..model.portrait_probe import PortraitView
+from ..model.portrait_probe import PortraitView, ray_probe_features
 from ..render.rasterize import rasterize
 from ..render.sh import SH_C0
 from .distributed import DEFAULT_TIMEOUT_S, DistContext, global_batch
@@ -92,6 +92,9 @@ class TrainConfig:
     #: decoder/joint stage: the decoder also reads the portrait under each point (`model.portrait_probe`);
     #: an --init checkpoint whose decoder lacks it is warm-started (`with_probe`)
     decoder_probe: bool = False
+    #: ar/joint stage: the head-point encoder also reads the portrait along rays out of the head
+    #: (`portrait_probe.ray_probe_features`); an --init checkpoint without it is warm-started (`with_head_probe`)
+    head_probe: bool = False
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda
     tensorboard: bool = True
@@ -210,6 +213,10 @@ class Trainer:
                 if cfg.stage not in ("decoder", "joint"):
                     raise ValueError("--decoder-probe adds a decoder input: use it with the decoder or joint stage")
                 with_probe(model)
+            if cfg.head_probe and not model.config.points.probe:
+                if cfg.stage not in ("ar", "joint"):
+                    raise ValueError("--head-probe adds an input to the AR model's conditioning: use it with the ar or joint stage")
+                with_head_probe(model)
             return model.train(), info
         if cfg.stage == "decoder":
             raise ValueError("the decoder stage starts from a trained AR checkpoint: pass --init")
@@ -217,6 +224,7 @@ class Trainer:
         for part, values in cfg.model.items():
             base[part].update(values) if isinstance(values, dict) else base.__setitem__(part, values)
         base["decoder"]["probe"] = base["decoder"]["probe"] or cfg.decoder_probe
+        base["points"]["probe"] = base["points"]["probe"] or cfg.head_probe
         base["tokenizer"]["num_faces"] = self.head.data.num_faces
         base["head_model_id"] = self.head.model_id
         model = Generator(GeneratorConfig.from_json(base))
@@ -348,9 +356,9 @@ class Trainer:
             return self.decoder_loss(records, rngs)
         return self.joint_loss(records, rngs)
 
-    def conditioning_inputs(self, records: list) -> tuple[torch.Tensor, torch.Tensor]:
-        images, points = conditioning_inputs(self.model, self.head, self.sampler, records)
-        return images.to(self.device), points.to(self.device)
+    def conditioning_inputs(self, records: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        images, points, probe = conditioning_inputs(self.model, self.head, self.sampler, records)
+        return images.to(self.device), points.to(self.device), None if probe is None else probe.to(self.device)
 
     def _rngs(self, records: list, rngs: list | None) -> list[np.random.Generator]:
         return rngs if rngs is not None else [sample_rng(self.cfg.seed, i) for i in range(len(records))]
@@ -381,7 +389,7 @@ class Trainer:
         m = self.model
         rngs = self._rngs(records, rngs)
         window = m.config.ar.window
-        images, points = self.conditioning_inputs(records)
+        images, points, probe = self.conditioning_inputs(records)
         inputs, targets, starts = [], [], []
         for r, rng in zip(records, rngs):
             seq = m.tokenizer.encode(r.ar_points, r.ar_binding).tokens
@@ -405,7 +413,7 @@ class Trainer:
         pos = torch.stack([torch.arange(s, s + T) for s in starts])  # padding runs on; its targets are ignored
         tok, tgt, pos = tok.to(self.device), tgt.to(self.device), pos.to(self.device)
         with self.precision.autocast():
-            cond = m.condition(images, points, image_scale=image_scale, point_scale=point_scale)
+            cond = m.condition(images, points, image_scale=image_scale, point_scale=point_scale, head_probe=probe)
             _, logits = m.ar(tok, cond, positions=pos)
         with self.precision.full_precision():
             ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100, reduction="none")
@@ -419,10 +427,10 @@ class Trainer:
         """Photometric + 3D loss of the decoder on teacher-forced hidden states of a frozen AR model."""
         m = self.model
         rngs = self._rngs(records, rngs)
-        images, points = self.conditioning_inputs(records)
+        images, points, probe = self.conditioning_inputs(records)
         total, stats = 0.0, {}
         with torch.no_grad(), self.precision.autocast():
-            cond = m.condition(images, points)
+            cond = m.condition(images, points, head_probe=probe)
         for b, (r, rng) in enumerate(zip(records, rngs)):
             enc = m.tokenizer.encode(r.ar_points, r.ar_binding)
             with torch.no_grad(), self.precision.autocast():
@@ -440,9 +448,9 @@ class Trainer:
         decoder reads), so it is the full-sequence teacher-forced loss, not one random window's."""
         m, c = self.model, self.cfg
         rngs = self._rngs(records, rngs)
-        images, points = self.conditioning_inputs(records)
+        images, points, probe = self.conditioning_inputs(records)
         with self.precision.autocast():
-            cond = m.condition(images, points, point_scale=self._point_scale(rngs))
+            cond = m.condition(images, points, point_scale=self._point_scale(rngs), head_probe=probe)
         total, stats = 0.0, {}
         for b, (r, rng) in enumerate(zip(records, rngs)):
             enc = m.tokenizer.encode(r.ar_points, r.ar_binding)
@@ -662,28 +670,42 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, to
     optimizer.load_state_dict(state)
 
 
+def _widened(old: torch.nn.Module, new: torch.nn.Module, layer: str) -> torch.nn.Module:
+    """`new` carrying all of `old`'s weights, where `layer`'s weight gains zero input columns at its end (the
+    added input), so the module computes exactly what `old` did until training moves them."""
+    state = new.state_dict()
+    for name, value in old.state_dict().items():
+        if name == f"{layer}.weight":
+            state[name] = torch.cat([value, torch.zeros(value.shape[0], state[name].shape[1] - value.shape[1])], dim=1)
+        else:
+            state[name] = value
+    new.load_state_dict(state)
+    return new
+
+
 def with_probe(model: Generator) -> None:
     """Give a trained decoder the portrait probe in place: every weight is kept and the new input enters
     through zero columns of the fusing layer, so the decoder starts out exactly as it was."""
     from ..model.gaussian_decoder import GaussianDecoder
 
-    old = model.decoder
     model.config.decoder = replace(model.config.decoder, probe=True)
-    new = GaussianDecoder(model.config.decoder, model.config.tokenizer, model.config.ar.dim)
-    state = new.state_dict()
-    for name, value in old.state_dict().items():
-        if name == "fuse.weight":
-            state[name] = torch.cat([value, torch.zeros(value.shape[0], state[name].shape[1] - value.shape[1])], dim=1)
-        else:
-            state[name] = value
-    new.load_state_dict(state)
-    model.decoder = new
+    model.decoder = _widened(model.decoder, GaussianDecoder(model.config.decoder, model.config.tokenizer, model.config.ar.dim), "fuse")
+
+
+def with_head_probe(model: Generator) -> None:
+    """Give a trained head-point encoder the portrait's rays in place, through zero columns of its input
+    embedding: the conditioning, and so the AR model, start out exactly as they were."""
+    from ..model.point_encoder import PointEncoder
+
+    model.config.points = replace(model.config.points, probe=True)
+    model.point_encoder = _widened(model.point_encoder, PointEncoder(model.config.points), "embed")
 
 
 # ---------------------------------------------------------------------- shared with evaluation
 def conditioning_inputs(model: Generator, head: HeadModel, sampler: SurfaceSampler,
-                        records: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (B, 3, S, S), head points (B, M, 6)) from each subject's portrait view (view 0), on the CPU."""
+                        records: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(images (B, 3, S, S), head points (B, M, 6), ray probe (B, M, F) or None when the head-point encoder
+    does not read the portrait) from each subject's portrait view (view 0), on the CPU."""
     size = model.config.image.image_size
     images = torch.stack([torch.as_tensor(r.images[0]).permute(2, 0, 1).float() / 255 for r in records])
     if images.shape[-1] != size:
@@ -691,7 +713,11 @@ def conditioning_inputs(model: Generator, head: HeadModel, sampler: SurfaceSampl
     shapes = torch.as_tensor(np.stack([r.shape for r in records]), dtype=torch.float32)
     with torch.no_grad():
         points = sampler(head.identity_vertices(shapes))
-    return images, points
+    probe = None
+    if model.config.points.probe:
+        probe = torch.stack([ray_probe_features(p, sampler.face_index, PortraitView.from_record(r), head)
+                             for p, r in zip(points, records)])
+    return images, points, probe
 
 
 def windowed_passes(model: Generator, tokens: torch.Tensor, cond: torch.Tensor):
