@@ -31,6 +31,7 @@ def tiny_checkpoint(tmp_path_factory, head):
         base[part].update(values)
     base["tokenizer"]["num_faces"] = head.num_faces
     base["decoder"]["probe"] = True  # the decoder reads the portrait under each point, as the shipped one does
+    base["points"]["probe"] = True  # and the head-point tokens read its matte and colour along rays out of the head
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_generator(path, Generator(GeneratorConfig.from_json(base)), {"name": "tiny random"})
     return path

@@ -46,7 +46,7 @@ def refine_avatar(avatar: Avatar, head: HeadModel, steps: int, *, lr: float = 0.
     K = torch.as_tensor(src.camera["K"], dtype=torch.float32).clone()
     K[:2] *= REFINE_SIZE / size
     viewmat = torch.as_tensor(src.camera["viewmat"], dtype=torch.float32)
-    image = torch.as_tensor(src.image).permute(2, 0, 1)[None].float() / 255
+    image = torch.from_numpy(np.array(src.image)).permute(2, 0, 1)[None].float() / 255  # a copy: bundles load read-only
     matte = torch.as_tensor(src.matte if src.matte is not None else np.full(src.image.shape[:2], 255)).float()[None, None] / 255
     image = F.interpolate(image, size=(REFINE_SIZE,) * 2, mode="bilinear", antialias=True, align_corners=False)[0]
     matte = F.interpolate(matte, size=(REFINE_SIZE,) * 2, mode="bilinear", antialias=True, align_corners=False)[0, 0]
