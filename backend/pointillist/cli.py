@@ -204,7 +204,7 @@ def cmd_train(args) -> None:
                              batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr, warmup=args.warmup, seed=args.seed,
                              save_every=args.save_every, log_every=args.log_every, sample_every=args.sample_every,
                              render_size=args.render_size, dinov2_weights=args.dinov2_weights,
-                             head_dropout=args.head_dropout, decoder_probe=args.decoder_probe, head_probe=args.head_probe, ar_weight=args.ar_weight, decoder_weight=args.decoder_weight,
+                             head_dropout=args.head_dropout, decoder_probe=args.decoder_probe, head_probe=args.head_probe, ray_weight=args.ray_weight, ar_weight=args.ar_weight, decoder_weight=args.decoder_weight,
                              precision=args.precision, device=args.device, tensorboard=args.tensorboard,
                              dist_timeout_s=args.dist_timeout, model=MODEL_PRESETS[args.model_size],
                              shard_roots=list(args.shard_root or []), shard_cache=args.shard_cache)
@@ -538,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-probe", action="store_true",
                    help="ar/joint stage: let the head-point tokens read the portrait's matte and colour along rays out "
                         "of the fitted head (an --init checkpoint without it gets the input added, its other weights kept)")
+    p.add_argument("--ray-weight", type=float, default=0.5,
+                   help="ar/joint stage with --head-probe: weight of the head tokens' ray-occupancy loss (0: off)")
     p.add_argument("--head-dropout", type=float, default=0.0, metavar="P",
                    help="ar/joint stage: hide the fitted head's tokens from a sample with probability P, so the "
                         "transformer learns to read the portrait")

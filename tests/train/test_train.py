@@ -100,6 +100,8 @@ def test_head_probe_is_added_to_a_trained_ar_checkpoint_trained_and_evaluated(da
     assert model.config.points.probe and info["ar"]["config"]["head_probe"]
     added = model.point_encoder.embed.weight[:, PointEncoder.geometry_features(model.config.points):]
     assert added.shape[1] > 0 and added.abs().sum() > 0  # the new columns started at zero and trained
+    rows = list(csv.DictReader(open(sidecar(out, ".log.csv"))))
+    assert all(0 < float(r["ray_bce"]) < 2 and float(r["loss"]) > float(r["ar_ce"]) for r in rows)  # the ray loss is in the total
     summary = evaluate(EvalConfig(checkpoint=str(out), data=str(data), subjects=1, max_points=64, render_size=32), log=lambda s: None)
     row = summary["rows"][0]
     assert np.isfinite(row["ar_loss"]) and row["ar_loss_no_image"] != row["ar_loss"]
@@ -580,3 +582,32 @@ def test_training_reads_shards_kept_on_another_disk(data, tmp_path, capsys):
     out = tmp_path / "ar.safetensors"
     assert main([*args, str(out), "--shard-root", str(elsewhere)]) == 0
     assert out.exists() and not (tmp_path / "missing.safetensors").exists()
+
+
+def test_ray_occupancy_targets_mark_ray_points_near_the_avatar(data, tmp_path):
+    """The ray loss's targets: the skin sample itself is near the avatar's points, and the target rate falls
+    with distance from the head; an encoder trained on it lowers the loss."""
+    import torch
+    from pointillist.model.portrait_probe import RAY_DISTANCES
+
+    trainer = _train(data, tmp_path / "rays.safetensors", "ar", 1, head_probe=True)
+    records = [trainer.data[i] for i in range(2)]
+    first = float(trainer.ray_occupancy_loss(records).detach())
+    enc = trainer.model.point_encoder
+    opt = torch.optim.Adam(enc.parameters(), lr=1e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        loss = trainer.ray_occupancy_loss(records)
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.8 * first
+    # the targets themselves: measured through a perfectly confident encoder would be circular, so rebuild them
+    from scipy.spatial import cKDTree
+    from pointillist.train.train_generator import RAY_HIT_M
+
+    _, points, _ = trainer.conditioning_inputs(records[:1])
+    p = points[0]
+    near, _ = cKDTree(records[0].ar_points).query(p[:, :3].numpy())
+    assert (near < RAY_HIT_M).mean() > 0.5  # most skin samples have an avatar point within 15 mm
+    far = p[:, :3] + RAY_DISTANCES[-1] * p[:, 3:]
+    assert (cKDTree(records[0].ar_points).query(far.numpy())[0] < RAY_HIT_M).mean() < (near < RAY_HIT_M).mean()

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ..head.data import HeadModelData
 from .config import PointEncoderConfig
 from .layers import SetBlock, fourier_dim, fourier_features
-from .portrait_probe import RAY_PROBE_FEATURES
+from .portrait_probe import RAY_DISTANCES, RAY_PROBE_FEATURES
 
 EXCLUDED_PARTS = ("mouth_cavity", "teeth_upper", "teeth_lower")
 HEAD_EXTENT = 0.25  # metres: coordinates are divided by this before the Fourier encoding
@@ -62,6 +62,9 @@ class PointEncoder(nn.Module):
         self.embed = nn.Linear(self.geometry_features(config) + (RAY_PROBE_FEATURES if config.probe else 0), config.dim)
         self.blocks = nn.ModuleList(SetBlock(config.dim, config.heads) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.dim)
+        # with the probe: per token, the logit that the avatar has a point near each ray distance (trained by
+        # `Trainer.ray_occupancy_loss`; a dense target that teaches the tokens what the rays say about hair)
+        self.ray_occupancy = nn.Linear(config.dim, len(RAY_DISTANCES)) if config.probe else None
 
     @staticmethod
     def geometry_features(config: PointEncoderConfig) -> int:
