@@ -137,6 +137,11 @@ def test_checkpoint_pack_info_and_loss_curves(data, tmp_path, capsys):
     from PIL import Image
 
     assert Image.open(png).size == (520, 300)
+    # four logs wrap into rows of three panels, the last row padded with white
+    log = str(sidecar(out, ".log.csv"))
+    assert main(["checkpoint", "curves", log, log, log, log, "-o", str(png)]) == 0
+    grid = np.asarray(Image.open(png))
+    assert grid.shape[:2] == (600, 1560) and (grid[300:, 520:] == 255).all() and (grid[300:, :520] != 255).any()
 
 
 @pytest.mark.slow

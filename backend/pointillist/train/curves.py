@@ -29,8 +29,9 @@ def smooth(values: np.ndarray, window: int = 25) -> np.ndarray:
     return np.convolve(padded, kernel, mode="valid")
 
 
-def loss_curves(logs: list[str | os.PathLike], width: int = 520, height: int = 300) -> np.ndarray:
-    """One panel per log, side by side: raw loss (light) and a moving average (dark), per stage."""
+def loss_curves(logs: list[str | os.PathLike], width: int = 520, height: int = 300, columns: int = 3) -> np.ndarray:
+    """One panel per log, in rows of `columns` (in log order, left to right): raw loss (light) and a
+    moving average (dark), per stage."""
     panels = []
     for i, path in enumerate(logs):
         stage, steps, losses = read_log(path)
@@ -55,5 +56,9 @@ def loss_curves(logs: list[str | os.PathLike], width: int = 520, height: int = 3
         draw.text((right - 70, bottom + 8), f"step {int(steps.max())}", fill=(0, 0, 0))
         if not math.isfinite(float(losses[-1])):
             draw.text((left + 10, top + 10), "non-finite loss", fill=(200, 0, 0))
+        draw.text((right - 24, 8), f"#{i + 1}", fill=(0, 0, 0))
         panels.append(np.asarray(img))
-    return np.concatenate(panels, axis=1)
+    columns = max(1, min(columns, len(panels)))
+    blank = np.full_like(panels[0], 255)
+    panels += [blank] * (-len(panels) % columns)
+    return np.concatenate([np.concatenate(panels[r:r + columns], axis=1) for r in range(0, len(panels), columns)], axis=0)
