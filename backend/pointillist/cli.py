@@ -7,6 +7,7 @@ code 2 (no traceback); outputs are written atomically.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -222,8 +223,11 @@ def cmd_train(args) -> None:
     # Leave the group together and only after success: a rank that tore gloo down while rank 0 still wrote the
     # checkpoint aborted in gloo's shutdown ("terminate called without an active exception") and failed a run
     # that had finished; after an error, a collective teardown could wait on a rank that is gone (torchrun
-    # stops the others instead).
+    # stops the others instead). The DDP wrapper holds the group and its reducer's pending work: free it
+    # first, so the group is really gone before the interpreter starts tearing things down.
     dist.barrier()
+    del trainer
+    gc.collect()
     dist.close()
     if dist.is_main:
         print(json.dumps({"checkpoint": args.output}))
