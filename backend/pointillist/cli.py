@@ -170,7 +170,7 @@ def _create_options(args):
 
     options = CreateOptions(quality=args.quality, checkpoint=args.checkpoint, max_points=args.max_points,
                             temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                            refine_steps=args.refine_steps, device=args.device)
+                            refine_steps=args.refine_steps, device=args.device, carve=args.carve)
     options.validate()  # CreateError is a user error
     return options
 
@@ -258,7 +258,7 @@ def cmd_evaluate(args) -> None:
         if not Path(path).is_file():
             raise CliError(f"checkpoint {path} not found")
     config = EvalConfig(checkpoint=paths[0], data=args.data, split=args.split, subjects=args.subjects,
-                        max_points=args.max_points, temperature=args.temperature, render_size=args.render_size,
+                        max_points=args.max_points, temperature=args.temperature, carve=args.carve, render_size=args.render_size,
                         seed=args.seed, reenact_size=args.reenact_size, frames=args.frames, sheet_tile=args.sheet_tile,
                         names=names if any(names) else [])
     if config.names:
@@ -463,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--refine-steps", type=int, metavar="N", help="photometric refinement steps (overrides the preset)")
+    p.add_argument("--carve", action=argparse.BooleanOptionalAction, default=True,
+                   help="drop generated points that land outside the person's matte in the portrait (default on)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     head_option(p)
@@ -505,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", type=_positive_int, default=10, help="balanced across hair styles")
     p.add_argument("--max-points", type=_positive_int, default=2048)
     p.add_argument("--temperature", type=float, default=0.5)
+    p.add_argument("--carve", action=argparse.BooleanOptionalAction, default=True,
+                   help="silhouette carving while sampling, as create does (--no-carve: the transformer's points as written)")
     p.add_argument("--seed", type=int, default=0, help="subject choice and sampling (per subject: seed + id)")
     p.add_argument("--render-size", type=_size, default=128, help="novel-view PSNR/SSIM resolution")
     p.add_argument("--reenact-size", type=_size, default=512, help="AKD render size (pixels)")

@@ -54,6 +54,7 @@ class CreateOptions:
     seed: int = 0
     refine_steps: int | None = None  # default: the quality preset's
     device: str = "auto"
+    carve: bool = True  # drop generated points outside the portrait's matte (model/silhouette.py)
 
     def validate(self) -> None:
         try:
@@ -76,6 +77,8 @@ class CreateOptions:
             raise ValueError("refine_steps must be between 0 and 5000")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError("device must be auto, cpu or cuda")
+        if not isinstance(self.carve, bool):
+            raise ValueError("carve must be true or false")
 
     @property
     def budget(self) -> int:
@@ -134,6 +137,7 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
     from .model.portrait_probe import PortraitView, ray_probe_features
     from .model.sampling import Cancelled as SamplingCancelled
     from .model.sampling import SamplingOptions, generate
+    from .model.silhouette import SilhouetteCarver
     from .preprocess.portrait import understand_portrait
 
     options.validate()
@@ -187,7 +191,8 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
                                max_points=options.budget, seed=options.seed)
     try:
         gen = generate(model.ar, model.tokenizer, cond, sampling,
-                       progress=lambda n, total: report("generate", n / total), cancelled=check)
+                       progress=lambda n, total: report("generate", n / total), cancelled=check,
+                       keep_point=SilhouetteCarver(seen, head) if options.carve and seen.alpha is not None else None)
     except SamplingCancelled:
         raise Cancelled("cancelled while generating points") from None
     done("generate")
@@ -221,7 +226,8 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
         source=source,
         meta={"model_version": MODEL_VERSION, "creation_options": asdict(options), "source_sha256": sha,
               "checkpoint_info": {k: v for k, v in info.items() if k in ("name", "data", "ar", "decoder")},
-              "generated_points": int(len(gen.binding)), "ended_by_model": bool(gen.ended)},
+              "generated_points": int(len(gen.binding)), "ended_by_model": bool(gen.ended),
+              "carved_points": int(gen.refused)},
     )
 
     stage("refine")

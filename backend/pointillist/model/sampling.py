@@ -33,6 +33,8 @@ class SamplingOptions:
     max_points: int = 1024
     min_points: int = 1
     seed: int = 0
+    #: with a `keep_point` check: end the sequence after this many consecutive points it refused
+    refused_run: int = 24
 
 
 @dataclass
@@ -44,6 +46,8 @@ class Generated:
     hidden: Tensor  # (P, 4, dim): last-layer hidden state of each point's four tokens
     ended: bool  # True if the model chose END, False if the budget stopped it
     seconds: float
+    refused: int = 0  # points written by the model but dropped by the `keep_point` check
+    refused_stop: bool = False  # True if a run of refused points ended the sequence
 
 
 class Grammar:
@@ -127,8 +131,13 @@ def filter_logits(logits: Tensor, allowed: Tensor | None, temperature: float, to
 @torch.no_grad()
 def generate(model: ARTransformer, tokenizer: PointTokenizer, cond: Tensor, options: SamplingOptions = SamplingOptions(),
              cond_mask: Tensor | None = None, progress: Callable[[int, int], None] | None = None,
-             cancelled: Callable[[], bool] | None = None) -> Generated:
-    """Sample one point sequence for one conditioning (cond (1, C, d)). Temperature 0 is greedy."""
+             cancelled: Callable[[], bool] | None = None,
+             keep_point: Callable[[np.ndarray, int], bool] | None = None) -> Generated:
+    """Sample one point sequence for one conditioning (cond (1, C, d)). Temperature 0 is greedy.
+
+    `keep_point(xyz, triangle)` (e.g. `SilhouetteCarver`) judges each finished point: a refused point stays
+    in the transformer's context (it was written) but leaves the output, and `options.refused_run`
+    consecutive refusals end the sequence. If it refuses every point, the output keeps them all."""
     start_time = time.perf_counter()
     if cond.shape[0] != 1:
         raise ValueError("generate samples one avatar at a time (cond batch must be 1)")
@@ -140,7 +149,9 @@ def generate(model: ARTransformer, tokenizer: PointTokenizer, cond: Tensor, opti
     hidden: list[Tensor] = []
     h, _ = model.prefill(torch.tensor([[tokenizer.start]], device=cond.device), cache, cond_mask)
     h = h[:, -1]
-    ended = False
+    ended = refused_stop = False
+    kept: list[bool] = []
+    run = 0
     while True:
         # only the logits the grammar allows: the slot's range, plus END at a point boundary
         lo, hi, end_ok = grammar.allowed()
@@ -159,6 +170,14 @@ def generate(model: ARTransformer, tokenizer: PointTokenizer, cond: Tensor, opti
             break
         h = model.decode_hidden(torch.tensor([token], device=cond.device), cache, cond_mask)
         hidden.append(h[0])
+        if keep_point is not None and not grammar.cur:  # a point was just finished
+            ok = bool(keep_point(tokenizer.dequantize(np.asarray(grammar.prev)[None])[0], token - tokenizer.bind_offset))
+            kept.append(ok)
+            run = 0 if ok else run + 1
+            if run >= options.refused_run:
+                tokens.append(tokenizer.end)
+                refused_stop = True
+                break
         if grammar.points >= max_points and not grammar.cur:  # budget reached: END is the only choice left
             tokens.append(tokenizer.end)
             break
@@ -168,8 +187,13 @@ def generate(model: ARTransformer, tokenizer: PointTokenizer, cond: Tensor, opti
             raise Cancelled("generation cancelled")
     seq = np.asarray(tokens, dtype=np.int64)
     body = seq[1:-1].reshape(-1, TOKENS_PER_POINT)
-    points, binding = tokenizer.decode(seq)  # the grammar guarantees this never raises
-    P = len(binding)
+    P = len(body)
     hid = torch.stack(hidden[: P * TOKENS_PER_POINT]).reshape(P, TOKENS_PER_POINT, -1) if P else cond.new_zeros(0, TOKENS_PER_POINT, model.config.dim)
+    keep = np.asarray(kept, dtype=bool)
+    refused = int((~keep).sum())
+    if refused and keep.any():  # a subsequence of a sorted sequence stays sorted, so it still decodes
+        body, hid = body[keep], hid[torch.from_numpy(keep).to(hid.device)]
+        seq = np.concatenate([seq[:1], body.reshape(-1), seq[-1:]])
+    points, binding = tokenizer.decode(seq)  # the grammar guarantees this never raises
     return Generated(seq, points, body[:, :3].copy(), binding, hid, ended,
-                     time.perf_counter() - start_time)
+                     time.perf_counter() - start_time, refused if keep.any() else 0, refused_stop)

@@ -69,6 +69,7 @@ class AvatarOptions(BaseModel):
     top_k: int | None = Field(None, ge=0, le=1_000_000)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     refine_steps: int | None = Field(None, ge=0, le=5000)
+    carve: bool | None = None
 
 
 class JobView(BaseModel):

@@ -39,6 +39,7 @@ from ..model.checkpoint import load_generator
 from ..model.point_encoder import SurfaceSampler
 from ..model.portrait_probe import PortraitView
 from ..model.sampling import SamplingOptions, generate
+from ..model.silhouette import SilhouetteCarver
 from . import metrics
 from .eval_reenact import (
     DRIVING_FRAMES,
@@ -68,6 +69,7 @@ class EvalConfig:
     subjects: int = 10
     max_points: int = 2048
     temperature: float = 0.5
+    carve: bool = True  # silhouette carving while sampling, as `create` does (model/silhouette.py)
     render_size: int = 128  # novel-view PSNR / SSIM resolution
     seed: int = 0
     reenact_size: int = 512  # AKD is in pixels at this size
@@ -252,9 +254,10 @@ def _evaluate_subject(model, sampler, head: HeadModel, record, config: EvalConfi
         ar_loss = float(_full_ar_loss(model, record, cond))
         blind = model.condition(images, points, image_scale=0.0, head_probe=probe)
         ar_loss_blind = float(_full_ar_loss(model, record, blind))
-        gen = generate(model.ar, model.tokenizer, cond, SamplingOptions(
-            temperature=config.temperature, max_points=config.max_points, seed=config.seed + record.subject_id))
         portrait = PortraitView.from_record(record)
+        gen = generate(model.ar, model.tokenizer, cond, SamplingOptions(
+            temperature=config.temperature, max_points=config.max_points, seed=config.seed + record.subject_id),
+            keep_point=SilhouetteCarver(portrait, head) if config.carve else None)
         decoded = model.decode(torch.as_tensor(gen.points), gen.hidden, gen.binding, portrait, head)
         chamfer_cm, binding_acc = metrics.chamfer_and_binding(gen.points, gen.binding, record.ar_points, record.ar_binding)
         # template-positions ablation
@@ -280,7 +283,8 @@ def _evaluate_subject(model, sampler, head: HeadModel, record, config: EvalConfi
         posed = posed_renders(make_avatar(g, head, record.shape), head, frames, record.viewmats[0], K, size) if frames else []
     akd = reenactment_akd(truth["landmarks"], [detect(img) for img in posed])
     row = {"subject": record.subject_id, "style": record.style, "true_points": record.num_ar_points,
-           "points": len(gen.binding), "ended_by_model": gen.ended, "chamfer_cm": round(chamfer_cm, 3),
+           "points": len(gen.binding), "ended_by_model": gen.ended,
+           "refused_points": gen.refused, "ended_by_refusals": gen.refused_stop, "chamfer_cm": round(chamfer_cm, 3),
            "binding_accuracy": round(binding_acc, 3), "ar_loss": round(ar_loss, 4), "ar_loss_no_image": round(ar_loss_blind, 4),
            **{key: round(_mean(v), 4 if key.startswith("ssim") else 2) for key, v in scores.items()},
            "akd_px": akd["akd_px"], "akd_per_frame_px": akd["akd_per_frame_px"], "akd_frames": akd["akd_frames"],
@@ -319,7 +323,7 @@ def summarize(rows: list[dict], config: EvalConfig, info: dict, checkpoint: str 
                        "true": st["true_mean"], "true_std": st["true_std"], "subjects": st["n"]}
     return {
         "checkpoint": checkpoint or config.checkpoint, "name": info.get("name"), "split": config.split,
-        "subjects": len(rows), "temperature": config.temperature,
+        "subjects": len(rows), "temperature": config.temperature, "carve": config.carve,
         "psnr": mean("psnr"), "ssim": mean("ssim"),
         "psnr_template_positions": mean("psnr_template_positions"), "ssim_template_positions": mean("ssim_template_positions"),
         "akd_px": round(akd / akd_frames, 3) if akd_frames else None,
