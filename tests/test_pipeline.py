@@ -75,6 +75,33 @@ def test_create_is_deterministic_for_a_seed(tiny_checkpoint, portrait, head):
     assert np.array_equal(a.gaussians.means, b.gaussians.means) and np.array_equal(a.binding.triangles, b.binding.triangles)
 
 
+def test_carving_keeps_only_points_on_the_portraits_matte(tiny_checkpoint, portrait, head):
+    """An untrained model scatters points over the whole box: carving keeps those the matte allows (posed and
+    projected like the photo), in the order written, and says how many it dropped."""
+    from pointillist.model.portrait_probe import PortraitView
+    from pointillist.model.silhouette import SilhouetteCarver
+
+    base = dict(checkpoint=str(tiny_checkpoint), max_points=64, refine_steps=0, seed=5, quality="draft")
+    plain = create_avatar(portrait, CreateOptions(**base, carve=False), head=head).avatar
+    carved = create_avatar(portrait, CreateOptions(**base, carve=True), head=head).avatar
+    assert plain.meta["carved_points"] == 0 and carved.meta["carved_points"] > 0
+    assert carved.meta["creation_options"]["carve"] is True
+    src = carved.source
+    view = PortraitView.from_arrays(src.image, np.array(src.camera["K"]), np.array(src.camera["viewmat"]),
+                                    carved.identity.shape, src.pose, src.matte)
+    k = carved.gaussians.num // carved.meta["generated_points"]
+    # same seed, same context: the carved run writes the plain run's points (until a run of refusals stops it)
+    # and keeps a subsequence of them
+    written = carved.meta["generated_points"] + carved.meta["carved_points"]
+    assert written <= plain.meta["generated_points"]
+    plain_tris, kept_tris = list(plain.binding.triangles[::k][:written]), list(carved.binding.triangles[::k])
+    it = iter(plain_tris)
+    assert all(t in it for t in kept_tris)
+    # and the matte really splits the plain run's points (first Gaussian of each, within the child radius)
+    keep = SilhouetteCarver(view, head).keep(plain.gaussians.means[::k][:written], plain_tris)
+    assert 0 < keep.sum() < written
+
+
 def test_cancel_stops_between_stages_and_writes_nothing(tiny_checkpoint, portrait, head, tmp_path):
     from pointillist.pipeline import create_bundle
 
