@@ -43,8 +43,9 @@ class Progress:
         return self.state not in ("idle", "done", "failed", "cancelled")
 
 
-def job_options(quality: str, point_budget: int, seed: int, refine_steps: int) -> dict:
-    """The server's `options` JSON from the panel: a budget or step count of -1/0 means the preset's."""
+def job_options(quality: str, point_budget: int, seed: int, refine_steps: int, carve: bool = True) -> dict:
+    """The server's `options` JSON from the panel: a budget or step count of -1/0 means the preset's; carving
+    is the server's default and is sent only when turned off."""
     if quality not in QUALITIES:
         raise CreateFailed(f"quality must be one of {', '.join(QUALITIES)}")
     options: dict = {"quality": quality, "seed": int(seed)}
@@ -52,6 +53,8 @@ def job_options(quality: str, point_budget: int, seed: int, refine_steps: int) -
         options["max_points"] = int(point_budget)
     if refine_steps >= 0:
         options["refine_steps"] = int(refine_steps)
+    if not carve:
+        options["carve"] = False
     return options
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 import bpy
-from bpy.props import EnumProperty, IntProperty, PointerProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, PointerProperty, StringProperty
 from bpy.types import PropertyGroup
 
 from .job_runner import job_options
@@ -34,9 +34,12 @@ class PointillistCreateSettings(PropertyGroup):
     seed: IntProperty(name="Seed", default=0, min=0, description="Same portrait + same seed = same avatar")
     refine_steps: IntProperty(name="Refine Steps", default=-1, min=-1, max=5000,
                               description="Photometric refinement steps; -1 = the quality preset's")
+    carve: BoolProperty(name="Trim to Silhouette", default=True,
+                        description="Drop generated points that fall outside the person's outline in the portrait "
+                                    "(turn off if the portrait's background is busy and hair gets cut)")
 
     def options(self) -> dict:
-        return job_options(self.quality, self.point_budget, self.seed, self.refine_steps)
+        return job_options(self.quality, self.point_budget, self.seed, self.refine_steps, self.carve)
 
 
 def portrait_icon(path: str) -> int:

@@ -56,6 +56,7 @@ def portrait(tmp_path):
 def test_options_map_presets_and_overrides():
     assert job_options("draft", 0, 3, -1) == {"quality": "draft", "seed": 3}
     assert job_options("high", 500, 0, 0) == {"quality": "high", "seed": 0, "max_points": 500, "refine_steps": 0}
+    assert job_options("draft", 0, 3, -1, carve=False) == {"quality": "draft", "seed": 3, "carve": False}
     with pytest.raises(CreateFailed, match="quality"):
         job_options("ultra", 0, 0, -1)
 
