@@ -90,6 +90,19 @@ def test_grammar_masked_sampling_always_decodes():
                 assert gen.hidden.shape[1:] == (4, 32)
 
 
+def test_the_first_point_is_taken_at_the_mode_unless_asked_otherwise():
+    """The y-z-x order never goes back, so the first point is greedy: every seed, even at a high temperature,
+    starts where temperature 0 starts; sampled first points (the option off) differ between seeds."""
+    model = _model(seed=3)
+    tok = model.tokenizer
+    with torch.no_grad():
+        cond = _cond(model, seed=4)
+        first = lambda **kw: tuple(generate(model.ar, tok, cond, SamplingOptions(top_p=1.0, max_points=2, min_points=2, **kw)).tokens[1:5])
+        greedy = first(temperature=0.0)
+        assert {first(temperature=3.0, seed=s) for s in range(5)} == {greedy}
+        assert len({first(temperature=3.0, seed=s, greedy_first_point=False) for s in range(5)}) > 1
+
+
 def test_grammar_never_leaves_a_slot_without_a_legal_token():
     tok = PointTokenizer(TokenizerConfig(num_faces=5))
     L = tok.levels

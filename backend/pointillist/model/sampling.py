@@ -35,6 +35,9 @@ class SamplingOptions:
     seed: int = 0
     #: with a `keep_point` check: end the sequence after this many consecutive points it refused
     refused_run: int = 24
+    #: take the first point's tokens at the mode: the y-z-x order never goes back, so a first point sampled
+    #: from the distribution's tail (the crown instead of the neck) loses everything below it for good
+    greedy_first_point: bool = True
 
 
 @dataclass
@@ -159,7 +162,7 @@ def generate(model: ARTransformer, tokenizer: PointTokenizer, cond: Tensor, opti
         if end_ok:
             candidates = torch.cat([candidates, model.logits_slice(h[0], tokenizer.end, tokenizer.end + 1)])
         filtered = filter_logits(candidates.float(), None, options.temperature, options.top_k, options.top_p)
-        if options.temperature <= 0:
+        if options.temperature <= 0 or (options.greedy_first_point and grammar.points == 0):
             choice = int(torch.argmax(filtered))
         else:
             choice = int(torch.multinomial(torch.softmax(filtered, -1).cpu(), 1, generator=gen))
