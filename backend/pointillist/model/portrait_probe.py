@@ -59,17 +59,23 @@ class PortraitView:
                                record.poses[0] if record.is_posed(0) else None, record.masks[0])
 
 
+def triangle_transforms(view: PortraitView, head: HeadModel) -> Tensor:
+    """(F, 4, 4) each triangle's skinning transform into the portrait's pose: its vertices' mean LBS weights
+    blended over the posed joints (the identity at rest). A point bound to a triangle moves with it."""
+    dev = head.v_template.device
+    pose = view.pose if view.pose is not None else torch.zeros(head.lbs_weights.shape[1], 3)
+    joints = head.rest_joints(head.identity_vertices(view.shape.to(dev)[None]))
+    A, _ = head.skinning(joints, head.pose_rotations(pose.to(dev)[None], 1), None)
+    return blend_transforms(head.lbs_weights[head.faces].mean(1)[None], A)[0]
+
+
 def posed_points(points: Tensor, triangles: Tensor, view: PortraitView, head: HeadModel) -> Tensor:
-    """(P, 3) points moved with their triangles' skinning (the triangle's mean LBS weights) into the
-    portrait's pose. Expression offsets are left out: they move points by millimetres, not pixels."""
+    """(P, 3) points moved with their triangles' skinning (`triangle_transforms`) into the portrait's pose.
+    Expression offsets are left out: they move points by millimetres, not pixels."""
     if view.pose is None or not bool(torch.any(view.pose != 0)):
         return points
-    dev = points.device
-    shape = view.shape.to(dev)[None]
-    joints = head.rest_joints(head.identity_vertices(shape))
-    A, _ = head.skinning(joints, head.pose_rotations(view.pose.to(dev)[None], 1), None)
-    weights = head.lbs_weights[head.faces[triangles]].mean(1)  # (P, J)
-    return apply_transforms(blend_transforms(weights[None], A), points[None])[0]
+    T = triangle_transforms(view, head).to(points.device)[triangles]
+    return apply_transforms(T[None], points[None])[0]
 
 
 def probe_features(points: Tensor, triangles: Tensor, view: PortraitView, head: HeadModel) -> Tensor:

@@ -10,7 +10,7 @@ all land outside, removes the plume and the time spent writing it; the transform
 every sequence that stays on the person.
 
 The check poses each point like the head in the photo (its bound triangle's blended LBS transform, as
-`portrait_probe.posed_points` does), projects it with the fitted camera, and reads a slightly dilated
+`portrait_probe.triangle_transforms`), projects it with the fitted camera, and reads a slightly dilated
 matte (the points are voxel centres; the Gaussians around them reach a little further). Points outside
 the frame or behind the camera are kept: the photo says nothing about them.
 """
@@ -22,8 +22,7 @@ import torch
 from scipy import ndimage
 
 from ..head.model import HeadModel
-from ..head.lbs import blend_transforms
-from .portrait_probe import PortraitView
+from .portrait_probe import PortraitView, triangle_transforms
 
 #: dilation of the matte, as a fraction of the portrait's width (10 px at 512², ~1 cm at head distance)
 DILATE_FRACTION = 0.02
@@ -38,21 +37,16 @@ class SilhouetteCarver:
         if view.alpha is None:
             raise ValueError("silhouette carving needs the portrait's matte")
         with torch.no_grad():
-            dev = head.v_template.device
-            pose = view.pose if view.pose is not None else torch.zeros(5, 3)
-            joints = head.rest_joints(head.identity_vertices(view.shape.to(dev)[None]))
-            A, _ = head.skinning(joints, head.pose_rotations(pose.to(dev)[None], 1), None)
-            weights = head.lbs_weights[head.faces].mean(1)  # (F, J): a triangle's mean LBS weights
-            face_T = blend_transforms(weights[None], A)[0]  # (F, 4, 4)
+            face_T = triangle_transforms(view, head)  # (F, 4, 4)
         # head space at rest -> camera, per triangle: viewmat @ the triangle's skinning transform
         cam_T = view.viewmat.double().numpy() @ face_T.double().cpu().numpy()
         self._R = cam_T[:, :3, :3]
         self._t = cam_T[:, :3, 3]
         self._K = view.K.double().numpy()
         matte = view.alpha.numpy() > MATTE_THRESHOLD
-        radius = max(1, int(round(dilate_fraction * matte.shape[1])))
+        radius = int(round(dilate_fraction * matte.shape[1]))
         yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-        self._inside_person = ndimage.binary_dilation(matte, structure=xx**2 + yy**2 <= radius**2)
+        self._inside_person = ndimage.binary_dilation(matte, structure=xx**2 + yy**2 <= radius**2) if radius else matte
 
     def keep(self, points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
         """(N,) bool for points (N, 3) metres at rest bound to triangles (N,): False where the point lands on
