@@ -208,7 +208,8 @@ def cmd_train(args) -> None:
                              head_dropout=args.head_dropout, decoder_probe=args.decoder_probe, head_probe=args.head_probe, ray_weight=args.ray_weight, ar_weight=args.ar_weight, decoder_weight=args.decoder_weight,
                              precision=args.precision, device=args.device, tensorboard=args.tensorboard,
                              dist_timeout_s=args.dist_timeout, model=MODEL_PRESETS[args.model_size],
-                             shard_roots=list(args.shard_root or []), shard_cache=args.shard_cache)
+                             shard_roots=list(args.shard_root or []), shard_cache=args.shard_cache,
+                             generated_points=list(args.generated_points or []), generated_fraction=args.generated_fraction)
         # under torchrun this joins the process group (gloo on CPU, NCCL on CUDA); alone it is one process
         dist = DistContext.from_env(config.device, config.dist_timeout_s)
     except ValueError as exc:  # a bad option value: the message names it
@@ -551,6 +552,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-dropout", type=float, default=0.0, metavar="P",
                    help="ar/joint stage: hide the fitted head's tokens from a sample with probability P, so the "
                         "transformer learns to read the portrait")
+    p.add_argument("--generated-points", action="append", metavar="NPZ",
+                   help="decoder stage: the AR model's own sequences (`pointillist dataset sample-points`, repeatable); "
+                        "trains on those subjects, decoding their own points with probability --generated-fraction")
+    p.add_argument("--generated-fraction", type=float, default=0.5, metavar="P",
+                   help="decoder stage with --generated-points: share of those subjects' samples decoded from them")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto: bf16 autocast on a CUDA GPU that supports it, fp32 on CPU; fp16 uses a loss scaler")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available (GPU LOCAL_RANK under torchrun)")

@@ -147,8 +147,8 @@ def test_eval_cli_writes_a_side_by_side_table_json_and_sheet(data, head, tmp_pat
     assert summary["subject_ids"] == printed["subject_ids"] and len(summary["subject_ids"]) == 2
     for ckpt in summary["checkpoints"]:
         assert ckpt["subjects"] == 2 and len(ckpt["rows"]) == 2
-        for key in ("psnr", "ssim", "psnr_template_positions", "ssim_template_positions", "chamfer_cm",
-                    "binding_accuracy", "ar_loss", "ar_loss_no_image"):
+        for key in ("psnr", "ssim", "psnr_template_positions", "ssim_template_positions", "psnr_true_points",
+                    "ssim_true_points", "chamfer_cm", "binding_accuracy", "ar_loss", "ar_loss_no_image"):
             assert np.isfinite(ckpt[key]), key
         assert 0 <= ckpt["ssim"] <= 1 and 0 <= ckpt["binding_accuracy"] <= 1
         assert "akd_px" in ckpt and "akd_median_px" in ckpt and 0 <= ckpt["detection_failure_rate"] <= 1

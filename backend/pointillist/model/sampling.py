@@ -51,6 +51,10 @@ class Generated:
     seconds: float
     refused: int = 0  # points written by the model but dropped by the `keep_point` check
     refused_stop: bool = False  # True if a run of refused points ended the sequence
+    #: every point the model wrote (START ... END), refused ones included, and which of them were kept:
+    #: a teacher-forced pass over `written` reproduces the context `hidden` was computed in (within a window)
+    written: np.ndarray | None = None
+    kept: np.ndarray | None = None
 
 
 class Grammar:
@@ -192,11 +196,13 @@ def generate(model: ARTransformer, tokenizer: PointTokenizer, cond: Tensor, opti
     body = seq[1:-1].reshape(-1, TOKENS_PER_POINT)
     P = len(body)
     hid = torch.stack(hidden[: P * TOKENS_PER_POINT]).reshape(P, TOKENS_PER_POINT, -1) if P else cond.new_zeros(0, TOKENS_PER_POINT, model.config.dim)
-    keep = np.asarray(kept, dtype=bool)
+    written = seq
+    keep = np.asarray(kept, dtype=bool) if kept else np.ones(P, dtype=bool)
     refused = int((~keep).sum())
     if refused and keep.any():  # a subsequence of a sorted sequence stays sorted, so it still decodes
         body, hid = body[keep], hid[torch.from_numpy(keep).to(hid.device)]
         seq = np.concatenate([seq[:1], body.reshape(-1), seq[-1:]])
     points, binding = tokenizer.decode(seq)  # the grammar guarantees this never raises
     return Generated(seq, points, body[:, :3].copy(), binding, hid, ended,
-                     time.perf_counter() - start_time, refused if keep.any() else 0, refused_stop)
+                     time.perf_counter() - start_time, refused if keep.any() else 0, refused_stop,
+                     written, keep if keep.any() else np.ones(P, dtype=bool))

@@ -827,6 +827,13 @@ class SubjectDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def restrict(self, ids) -> None:
+        """Keep only these subjects (in the split's order); unknown ids are an error, not silently dropped."""
+        wanted = set(int(i) for i in ids)
+        if outside := sorted(wanted - set(self.ids)):
+            raise DatasetError(f"subjects {outside[:3]} are not in the {self.split!r} split of {self.root}")
+        self.ids = [i for i in self.ids if i in wanted]
+
     def _open(self, entry: dict) -> ShardReader:
         if self._reader_file != entry["file"]:
             verify = self.verify and entry["file"] not in self._verified

@@ -48,7 +48,7 @@ _CONFIG_OPTIONS = {"subjects": "subjects", "views": "views", "image_size": "imag
 
 
 def add_dataset_commands(subparsers) -> argparse.ArgumentParser:
-    """Register `dataset build|card|contact-sheet|verify` on the top-level subparsers; returns the `dataset` parser."""
+    """Register `dataset build|card|contact-sheet|sample-points|verify` on the top-level subparsers; returns the `dataset` parser."""
     ds = subparsers.add_parser("dataset", help="the sharded synthetic training set: build, summarise, inspect")
     sub = ds.add_subparsers(dest="dataset_command", required=True, metavar="SUBCOMMAND")
 
@@ -84,6 +84,19 @@ def add_dataset_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=1, metavar="W", help="processes with --synth (default 1)")
     p.add_argument("--no-labels", action="store_true", help="no id / style / attribute labels on the tiles")
     p.set_defaults(func=cmd_dataset_contact_sheet)
+
+    p = sub.add_parser("sample-points", help="the generator's own point sequences for training subjects (for `train decoder --generated-points`)",
+                       description="Samples training subjects as `create` does (carving, default sampling) and stores what "
+                                   "the transformer wrote in one .npz; resumes an interrupted run. --part I/N takes every "
+                                   "N-th subject from the I-th, so N processes can share the work (one file each).")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--checkpoint", required=True, metavar="SAFETENSORS")
+    p.add_argument("-o", "--output", required=True, metavar="NPZ")
+    p.add_argument("--subjects", type=_positive_int, default=256, metavar="N", help="training subjects, balanced across hair styles")
+    p.add_argument("--part", default="0/1", metavar="I/N", help="this process's share (default 0/1: all)")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="subject choice and sampling seed (seed + subject id)")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    p.set_defaults(func=cmd_dataset_sample_points)
 
     p = sub.add_parser("verify", help="check every shard's size, sha256 and layout against index.json")
     p.add_argument("dir", metavar="DIR")
@@ -143,6 +156,26 @@ def cmd_dataset_contact_sheet(args: argparse.Namespace) -> None:
                               random=args.random, seed=args.seed)
     atomic_write(args.output, lambda fh: Image.fromarray(sheet).save(fh, format="PNG"))
     print(json.dumps({"output": str(args.output), "width": int(sheet.shape[1]), "height": int(sheet.shape[0])}))
+
+
+def cmd_dataset_sample_points(args: argparse.Namespace) -> None:
+    from .dataset import DatasetError
+    from .generated_points import build_generated_points
+
+    try:
+        first, parts = (int(x) for x in args.part.split("/"))
+    except ValueError:
+        raise DatasetError(f"--part must look like I/N (e.g. 0/2), got {args.part!r}") from None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        meta = build_generated_points(args.checkpoint, args.dir, args.output, args.subjects, (first, parts), seed=args.seed,
+                                      log=lambda line: print(line, file=sys.stderr, flush=True))
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
+    print(json.dumps({"output": str(args.output), **meta}))
 
 
 def cmd_dataset_verify(args: argparse.Namespace) -> None:

@@ -7,7 +7,8 @@ and driving frames):
 * novel-view PSNR and SSIM (``metrics.ssim``, the standard Gaussian-window SSIM) of the decoded avatar on
   the subject's other views, against the paper's "template positions" ablation: the same decoder fed points
   on the head surface (the head mesh's own vertices, each bound to a triangle it belongs to), with AR hidden
-  states from a teacher-forced pass over them;
+  states from a teacher-forced pass over them; and the same decoder fed the subject's true AR points
+  (teacher-forced), the ceiling a perfect point generator would reach with this decoder;
 * reenactment AKD (``eval_reenact``): the generated and the ground-truth avatar posed with the same driving
   frames, rendered at 512² from the portrait camera, MediaPipe landmarks compared in pixels;
 * generated points: Chamfer distance to the true AR points (cm), binding accuracy (the generated triangle
@@ -265,13 +266,19 @@ def _evaluate_subject(model, sampler, head: HeadModel, record, config: EvalConfi
         enc = model.tokenizer.encode(tpts, tbind)
         ablation = model.decode(torch.as_tensor(enc.points), teacher_forced_hidden(model, enc.tokens, cond), enc.binding,
                                 portrait, head)
-        scores: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "psnr_template_positions", "ssim_template_positions")}
+        # reference: the true points, teacher-forced
+        true_enc = model.tokenizer.encode(record.ar_points, record.ar_binding)
+        oracle = model.decode(torch.as_tensor(true_enc.points), teacher_forced_hidden(model, true_enc.tokens, cond),
+                              true_enc.binding, portrait, head)
+        scores: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "psnr_template_positions", "ssim_template_positions",
+                                                          "psnr_true_points", "ssim_true_points")}
         k = model.config.decoder.gaussians_per_point
         g = GaussianArrays.from_decoder(decoded, gen.binding, k)
         ablation_g = GaussianArrays.from_decoder(ablation, enc.binding, k)
+        oracle_g = GaussianArrays.from_decoder(oracle, true_enc.binding, k)
         novel = []
         for v, target in zip(_novel_views(record), truth["targets"]):
-            for out, key in ((g, ""), (ablation_g, "_template_positions")):
+            for out, key in ((g, ""), (ablation_g, "_template_positions"), (oracle_g, "_true_points")):
                 img = render_view(out, record, v, config.render_size, head)
                 scores["psnr" + key].append(metrics.psnr(img, target))
                 scores["ssim" + key].append(metrics.ssim(img, target))
@@ -326,6 +333,7 @@ def summarize(rows: list[dict], config: EvalConfig, info: dict, checkpoint: str 
         "subjects": len(rows), "temperature": config.temperature, "carve": config.carve,
         "psnr": mean("psnr"), "ssim": mean("ssim"),
         "psnr_template_positions": mean("psnr_template_positions"), "ssim_template_positions": mean("ssim_template_positions"),
+        "psnr_true_points": mean("psnr_true_points"), "ssim_true_points": mean("ssim_true_points"),
         "akd_px": round(akd / akd_frames, 3) if akd_frames else None,
         "akd_median_px": round(float(np.median(per_frame)), 3) if per_frame else None,
         "akd_frames": akd_frames, "detection_failure_rate": round(sum(r["detection_failures"] for r in rows) / frames, 3) if frames else None,
@@ -343,6 +351,8 @@ TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
     ("ssim", "novel-view SSIM ↑", "{:.4f}"),
     ("psnr_template_positions", "novel-view PSNR, template positions ablation (dB)", "{:.2f}"),
     ("ssim_template_positions", "novel-view SSIM, template positions ablation", "{:.4f}"),
+    ("psnr_true_points", "novel-view PSNR, true points decoded (reference, dB)", "{:.2f}"),
+    ("ssim_true_points", "novel-view SSIM, true points decoded (reference)", "{:.4f}"),
     ("akd_px", "reenactment AKD (px at 512²) ↓", "{:.2f}"),
     ("akd_median_px", "reenactment AKD, median frame (px)", "{:.2f}"),
     ("detection_failure_rate", "landmark detection failures on generated renders ↓", "{:.1%}"),

@@ -106,6 +106,12 @@ class TrainConfig:
     shard_roots: list[str] = field(default_factory=list)
     shard_cache: str | None = None
     model: dict = field(default_factory=dict)  # GeneratorConfig JSON overrides for a fresh model
+    #: decoder stage: files from `pointillist dataset sample-points` (the AR model's own sequences for training
+    #: subjects). The stage then trains on those subjects, each sample decoded from the generator's points with
+    #: probability `generated_fraction` (else from the true ones), so the decoder learns on the points it will
+    #: be given at creation, not only on the true ones (`generated_points.py`)
+    generated_points: list[str] = field(default_factory=list)
+    generated_fraction: float = 0.5
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -121,6 +127,10 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.ar_weight < 0 or self.decoder_weight < 0 or self.ar_weight + self.decoder_weight == 0:
             raise ValueError("ar_weight and decoder_weight must be ≥ 0 and not both 0")
+        if not 0.0 <= self.generated_fraction <= 1.0:
+            raise ValueError(f"generated_fraction must be a probability in [0, 1], got {self.generated_fraction}")
+        if self.generated_points and self.stage != "decoder":
+            raise ValueError("generated points train the decoder: use them with the decoder stage")
 
 
 #: a ray point counts as occupied when an avatar point lies this close (the targets' voxel is 18 mm)
@@ -166,6 +176,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # every rank builds the same fresh model
         self.model, self.info = self._initial_model()
         self.sampler = SurfaceSampler(self.head.data, self.model.config.points.num_points, seed=0)
+        self.generated = self._generated_points()
         if config.stage == "encoder":
             self._setup_encoder_stage()
         self.model.to(self.device)
@@ -205,6 +216,18 @@ class Trainer:
 
         store = ShardStore(self.cfg.data, self.cfg.shard_roots, cache_dir=self.cfg.shard_cache)
         return SubjectDataset(self.cfg.data, split, locate=store.path)
+
+    def _generated_points(self) -> dict:
+        from .generated_points import load_generated
+
+        sequences = {}
+        for path in self.cfg.generated_points:
+            found, meta = load_generated(path)
+            self.log(f"{path}: the generator's own sequences for {len(found)} subjects (from {meta.get('checkpoint')})")
+            sequences.update(found)
+        if sequences:  # the stage trains on the subjects that have them (a fraction of them from true points)
+            self.data.restrict(sequences)
+        return sequences
 
     def _initial_model(self) -> tuple[Generator, dict]:
         cfg = self.cfg
@@ -472,10 +495,21 @@ class Trainer:
         with torch.no_grad(), self.precision.autocast():
             cond = m.condition(images, points, head_probe=probe)
         for b, (r, rng) in enumerate(zip(records, rngs)):
-            enc = m.tokenizer.encode(r.ar_points, r.ar_binding)
-            with torch.no_grad(), self.precision.autocast():
-                hidden = teacher_forced_hidden(m, enc.tokens, cond[b:b + 1])
-            loss, s = self._decoder_sample_loss(r, enc.points, enc.binding, hidden, rng)
+            own = self.generated.get(r.subject_id)
+            use_own = own is not None and rng.random() < self.cfg.generated_fraction
+            if use_own:
+                # what create decodes: the kept points, with hidden states from the context they were written in
+                own_points, own_binding = m.tokenizer.decode(own.kept_tokens())
+                with torch.no_grad(), self.precision.autocast():
+                    hidden = teacher_forced_hidden(m, own.written, cond[b:b + 1])[torch.as_tensor(own.kept)]
+                loss, s = self._decoder_sample_loss(r, own_points, own_binding, hidden, rng)
+            else:
+                enc = m.tokenizer.encode(r.ar_points, r.ar_binding)
+                with torch.no_grad(), self.precision.autocast():
+                    hidden = teacher_forced_hidden(m, enc.tokens, cond[b:b + 1])
+                loss, s = self._decoder_sample_loss(r, enc.points, enc.binding, hidden, rng)
+            if self.generated:  # the share of samples decoded from the generator's own points
+                s["generated"] = float(use_own)
             total = total + loss
             _accumulate(stats, s)
         n = len(records)
