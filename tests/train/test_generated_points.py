@@ -11,20 +11,10 @@ import torch
 from pointillist.cli import main
 from pointillist.model.config import MODEL_PRESETS
 from pointillist.model.sampling import SamplingOptions, generate
-from pointillist.train.dataset import DatasetConfig, build_dataset
 from pointillist.train.generated_points import GeneratedSequence, load_generated, save_generated
 from pointillist.train.train_generator import TrainConfig, Trainer, sidecar, teacher_forced_hidden
 from tests.model.test_model import _model
-
-TINY_DATA = DatasetConfig(subjects=10, views=2, image_size=56, shard_size=5, density=0.4, ar_voxel_m=0.03)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "synth"
-    build_dataset(root, TINY_DATA)
-    return root
-
+from tests.train.test_train import data  # noqa: F401  (the tiny dataset fixture)
 
 @pytest.fixture(scope="module")
 def checkpoint(data, tmp_path_factory):

@@ -198,11 +198,12 @@ def generate(model: ARTransformer, tokenizer: PointTokenizer, cond: Tensor, opti
     hid = torch.stack(hidden[: P * TOKENS_PER_POINT]).reshape(P, TOKENS_PER_POINT, -1) if P else cond.new_zeros(0, TOKENS_PER_POINT, model.config.dim)
     written = seq
     keep = np.asarray(kept, dtype=bool) if kept else np.ones(P, dtype=bool)
+    if not keep.any():  # every point refused: keep them all
+        keep[:] = True
     refused = int((~keep).sum())
-    if refused and keep.any():  # a subsequence of a sorted sequence stays sorted, so it still decodes
+    if refused:  # a subsequence of a sorted sequence stays sorted, so it still decodes
         body, hid = body[keep], hid[torch.from_numpy(keep).to(hid.device)]
         seq = np.concatenate([seq[:1], body.reshape(-1), seq[-1:]])
     points, binding = tokenizer.decode(seq)  # the grammar guarantees this never raises
     return Generated(seq, points, body[:, :3].copy(), binding, hid, ended,
-                     time.perf_counter() - start_time, refused if keep.any() else 0, refused_stop,
-                     written, keep if keep.any() else np.ones(P, dtype=bool))
+                     time.perf_counter() - start_time, refused, refused_stop, written, keep)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -108,8 +108,7 @@ def build_generated_points(checkpoint: str, data: str, output: str, subjects: in
         with torch.no_grad():
             images, points, probe = conditioning_inputs(model, head, sampler, [record])
             cond = model.condition(images, points, head_probe=probe)
-            sampling = SamplingOptions(**{**asdict(options), "seed": seed + sid})
-            gen = generate(model.ar, model.tokenizer, cond, sampling,
+            gen = generate(model.ar, model.tokenizer, cond, replace(options, seed=seed + sid),
                            keep_point=SilhouetteCarver(PortraitView.from_record(record), head))
         done[sid] = GeneratedSequence(gen.written, gen.kept)
         log(f"[{n + 1}/{len(todo)}] subject {sid} ({record.style}): {int(gen.kept.sum())} points kept of "

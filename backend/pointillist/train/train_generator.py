@@ -497,17 +497,15 @@ class Trainer:
         for b, (r, rng) in enumerate(zip(records, rngs)):
             own = self.generated.get(r.subject_id)
             use_own = own is not None and rng.random() < self.cfg.generated_fraction
-            if use_own:
-                # what create decodes: the kept points, with hidden states from the context they were written in
-                own_points, own_binding = m.tokenizer.decode(own.kept_tokens())
-                with torch.no_grad(), self.precision.autocast():
-                    hidden = teacher_forced_hidden(m, own.written, cond[b:b + 1])[torch.as_tensor(own.kept)]
-                loss, s = self._decoder_sample_loss(r, own_points, own_binding, hidden, rng)
+            if use_own:  # what create decodes: the kept points, hidden states from the context they were written in
+                tokens, kept = own.written, torch.as_tensor(own.kept)
+                pts, binding = m.tokenizer.decode(own.kept_tokens())
             else:
                 enc = m.tokenizer.encode(r.ar_points, r.ar_binding)
-                with torch.no_grad(), self.precision.autocast():
-                    hidden = teacher_forced_hidden(m, enc.tokens, cond[b:b + 1])
-                loss, s = self._decoder_sample_loss(r, enc.points, enc.binding, hidden, rng)
+                tokens, kept, pts, binding = enc.tokens, slice(None), enc.points, enc.binding
+            with torch.no_grad(), self.precision.autocast():
+                hidden = teacher_forced_hidden(m, tokens, cond[b:b + 1])[kept]
+            loss, s = self._decoder_sample_loss(r, pts, binding, hidden, rng)
             if self.generated:  # the share of samples decoded from the generator's own points
                 s["generated"] = float(use_own)
             total = total + loss
