@@ -25,7 +25,7 @@ from pointillist.model.image_encoder import (
     load_dinov2_weights,
 )
 from pointillist.model.point_encoder import SurfaceSampler
-from pointillist.model.sampling import Grammar, SamplingOptions, generate
+from pointillist.model.sampling import Grammar, SamplingOptions, generate, generate_batch
 from pointillist.model.tokenizer import PointTokenizer
 
 
@@ -128,6 +128,31 @@ def test_top_k_and_budget():
     with torch.no_grad():
         gen = generate(model.ar, model.tokenizer, _cond(model), SamplingOptions(temperature=1.0, top_k=3, max_points=5, min_points=5))
     assert len(gen.binding) == 5 and not gen.ended
+
+
+@pytest.mark.parametrize("window", [64, 24])
+def test_a_batch_samples_what_each_row_samples_alone(window):
+    """Lockstep batching (one transformer step for every live sequence, finished ones leave the batch) gives
+    each row the sequence `generate` gives it alone: its own seed, budget and refusals included."""
+    model = _model(seed=6, window=window)
+    tok = model.tokenizer
+    refuse_some = lambda xyz, tri: tri % 3 != 0  # noqa: E731 -- refuses a third, so runs and stops happen
+    rows = [(1, SamplingOptions(temperature=1.0, top_p=1.0, max_points=9, seed=0), None),
+            (2, SamplingOptions(temperature=0.0, max_points=30, seed=1), None),
+            (3, SamplingOptions(temperature=2.0, top_p=0.9, max_points=30, seed=2, refused_run=2), refuse_some),
+            (4, SamplingOptions(temperature=1.0, top_p=1.0, max_points=3, min_points=3, seed=3), None)]
+    with torch.no_grad():
+        conds = [_cond(model, seed=c) for c, _, _ in rows]
+        alone = [generate(model.ar, tok, cond, o, keep_point=k) for cond, (_, o, k) in zip(conds, rows)]
+        batch = generate_batch(model.ar, tok, torch.cat(conds), [o for _, o, _ in rows], [k for _, _, k in rows])
+    assert len({len(g.written) for g in alone}) > 1  # the rows finish at different steps
+    assert any(g.refused for g in alone) and not alone[3].ended
+    for a, b in zip(alone, batch):
+        assert np.array_equal(a.written, b.written) and np.array_equal(a.kept, b.kept)
+        assert np.array_equal(a.tokens, b.tokens) and (a.ended, a.refused_stop) == (b.ended, b.refused_stop)
+        assert torch.allclose(a.hidden, b.hidden, atol=1e-4)
+    with pytest.raises(ValueError, match="options"):
+        generate_batch(model.ar, tok, torch.cat(conds), [rows[0][1]])
 
 
 def test_decoder_shapes_and_activations():

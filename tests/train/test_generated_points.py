@@ -84,6 +84,13 @@ def test_sample_points_cli_resumes_and_the_decoder_trains_on_them(data, checkpoi
     assert main([*args[:4], str(other), *args[5:]]) == 2  # the file was built from another checkpoint
     assert "was built from" in capsys.readouterr().err
     assert main([*args, "--part", "2/2"]) == 2
+    one = tmp_path / "one_at_a_time.npz"
+    assert main([*args[:6], str(one), *args[7:], "--batch", "1"]) == 0  # the default batches all three
+    alone, _ = load_generated(one)
+    assert sorted(alone) == sorted(seqs)
+    for sid, seq in alone.items():  # a batch samples what each subject samples alone
+        assert np.array_equal(seq.written, seqs[sid].written) and np.array_equal(seq.kept, seqs[sid].kept)
+    capsys.readouterr()
 
     dec = tmp_path / "dec.safetensors"
     config = TrainConfig(stage="decoder", data=str(data), output=str(dec), init=str(checkpoint), steps=4, batch_size=2,

@@ -135,7 +135,145 @@ def filter_logits(logits: Tensor, allowed: Tensor | None, temperature: float, to
     return logits
 
 
+class _Stream:
+    """One sequence of a (possibly batched) generation: its grammar, random stream and what it wrote."""
+
+    def __init__(self, tokenizer: PointTokenizer, max_points: int, options: SamplingOptions,
+                 keep_point: Callable[[np.ndarray, int], bool] | None):
+        self.t, self.options, self.keep_point = tokenizer, options, keep_point
+        self.grammar = Grammar(tokenizer, max_points, options.min_points)
+        self.rng = torch.Generator(device="cpu").manual_seed(options.seed)
+        self.tokens = [tokenizer.start]
+        self.hidden: list[Tensor] = []
+        self.kept: list[bool] = []
+        self.run = 0
+        self.ended = self.refused_stop = self.done = False
+        self.seconds = 0.0
+
+    def choose(self, model: ARTransformer, h: Tensor) -> int:
+        """Sample the next token from this sequence's last hidden state (d,); END sets `done`."""
+        # only the logits the grammar allows: the slot's range, plus END at a point boundary
+        lo, hi, end_ok = self.grammar.allowed()
+        candidates = model.logits_slice(h, lo, hi) if hi > lo else h.new_zeros(0)
+        if end_ok:
+            candidates = torch.cat([candidates, model.logits_slice(h, self.t.end, self.t.end + 1)])
+        o = self.options
+        filtered = filter_logits(candidates.float(), None, o.temperature, o.top_k, o.top_p)
+        if o.temperature <= 0 or (o.greedy_first_point and self.grammar.points == 0):
+            choice = int(torch.argmax(filtered))
+        else:
+            choice = int(torch.multinomial(torch.softmax(filtered, -1).cpu(), 1, generator=self.rng))
+        token = lo + choice if choice < hi - lo else self.t.end
+        self.tokens.append(token)
+        if self.grammar.push(token):
+            self.ended = self.done = True
+        return token
+
+    def fed(self, token: int, h: Tensor) -> None:
+        """`token` went through the transformer (hidden state h (d,)): judge a finished point, stop at the
+        refusal run or the budget."""
+        self.hidden.append(h)
+        g = self.grammar
+        if self.keep_point is not None and not g.cur:  # a point was just finished
+            ok = bool(self.keep_point(self.t.dequantize(np.asarray(g.prev)[None])[0], token - self.t.bind_offset))
+            self.kept.append(ok)
+            self.run = 0 if ok else self.run + 1
+            if self.run >= self.options.refused_run:
+                self.tokens.append(self.t.end)
+                self.refused_stop = self.done = True
+                return
+        if g.points >= g.max_points and not g.cur:  # budget reached: END is the only choice left
+            self.tokens.append(self.t.end)
+            self.done = True
+
+    def result(self, model: ARTransformer, cond: Tensor) -> Generated:
+        seq = np.asarray(self.tokens, dtype=np.int64)
+        body = seq[1:-1].reshape(-1, TOKENS_PER_POINT)
+        P = len(body)
+        hid = (torch.stack(self.hidden[: P * TOKENS_PER_POINT]).reshape(P, TOKENS_PER_POINT, -1) if P
+               else cond.new_zeros(0, TOKENS_PER_POINT, model.config.dim))
+        written = seq
+        keep = np.asarray(self.kept, dtype=bool) if self.kept else np.ones(P, dtype=bool)
+        if not keep.any():  # every point refused: keep them all
+            keep[:] = True
+        refused = int((~keep).sum())
+        if refused:  # a subsequence of a sorted sequence stays sorted, so it still decodes
+            body, hid = body[keep], hid[torch.from_numpy(keep).to(hid.device)]
+            seq = np.concatenate([seq[:1], body.reshape(-1), seq[-1:]])
+        points, binding = self.t.decode(seq)  # the grammar guarantees this never raises
+        return Generated(seq, points, body[:, :3].copy(), binding, hid, self.ended, self.seconds, refused,
+                         self.refused_stop, written, keep)
+
+
+def _select_rows(cache, rows: Tensor) -> None:
+    """Keep only batch rows `rows` of every per-layer cache (a finished sequence stops costing compute)."""
+    for lst in (cache.k, cache.v, cache.cross_k, cache.cross_v):
+        lst[:] = [t.index_select(0, rows) for t in lst]
+
+
 @torch.no_grad()
+def generate_batch(model: ARTransformer, tokenizer: PointTokenizer, cond: Tensor, options: list[SamplingOptions],
+                   keep_points: list[Callable[[np.ndarray, int], bool] | None] | None = None,
+                   progress: Callable[[int, int], None] | None = None,
+                   cancelled: Callable[[], bool] | None = None, cond_mask: Tensor | None = None) -> list[Generated]:
+    """Sample one point sequence per conditioning row (cond (B, C, d)), each with its own options (seed,
+    temperature, budget...) and `keep_point` check, in lockstep: every sequence is at the same token slot
+    at every step (a point is always four tokens), so one transformer step serves them all, and a
+    finished sequence leaves the batch. Why: on a CPU one step of a small transformer costs about the
+    same for 1 row as for 8, so offline sampling (`dataset sample-points`) runs several subjects at once.
+
+    Each sequence is what `generate` gives for its row alone, up to float rounding of batched matmuls."""
+    start_time = time.perf_counter()
+    B = cond.shape[0]
+    if len(options) != B:
+        raise ValueError(f"{len(options)} sampling options for {B} conditionings")
+    keep_points = keep_points or [None] * B
+    max_points = max(min(o.max_points, model.config.max_points) for o in options)
+    streams = [_Stream(tokenizer, min(o.max_points, model.config.max_points), o, k) for o, k in zip(options, keep_points)]
+    cache = model.new_cache(cond, capacity=max_points * TOKENS_PER_POINT + 2)
+    active = list(range(B))  # stream index of each cache row
+    start = torch.full((B, 1), tokenizer.start, device=cond.device)
+    h = model.prefill(start, cache, cond_mask)[0][:, -1]
+    steps = 0
+    while active:
+        feed = []
+        for row, b in enumerate(active):
+            token = streams[b].choose(model, h[row])
+            if streams[b].done:
+                streams[b].seconds = time.perf_counter() - start_time
+            else:
+                feed.append((row, b, token))
+        if len(feed) < len(active):
+            rows = [row for row, _, _ in feed]
+            if not rows:
+                break
+            _select_rows(cache, torch.tensor(rows, device=cond.device))
+            if cond_mask is not None:
+                cond_mask = cond_mask[rows]
+            active = [b for _, b, _ in feed]
+        tokens = torch.tensor([token for _, _, token in feed], device=cond.device)
+        h = model.decode_hidden(tokens, cache, cond_mask)
+        for row, (_, b, token) in enumerate(feed):
+            streams[b].fed(token, h[row])
+            if streams[b].done:
+                streams[b].seconds = time.perf_counter() - start_time
+        steps += 1
+        keep = [row for row, b in enumerate(active) if not streams[b].done]
+        if len(keep) < len(active):
+            if keep:
+                index = torch.tensor(keep, device=cond.device)
+                _select_rows(cache, index)
+                h = h.index_select(0, index)
+                if cond_mask is not None:
+                    cond_mask = cond_mask[keep]
+            active = [active[row] for row in keep]
+        if progress is not None and B == 1 and active and not streams[0].grammar.cur:
+            progress(streams[0].grammar.points, streams[0].grammar.max_points)
+        if cancelled is not None and steps % 64 == 0 and cancelled():
+            raise Cancelled("generation cancelled")
+    return [s.result(model, cond) for s in streams]
+
+
 def generate(model: ARTransformer, tokenizer: PointTokenizer, cond: Tensor, options: SamplingOptions = SamplingOptions(),
              cond_mask: Tensor | None = None, progress: Callable[[int, int], None] | None = None,
              cancelled: Callable[[], bool] | None = None,
@@ -145,65 +283,6 @@ def generate(model: ARTransformer, tokenizer: PointTokenizer, cond: Tensor, opti
     `keep_point(xyz, triangle)` (e.g. `SilhouetteCarver`) judges each finished point: a refused point stays
     in the transformer's context (it was written) but leaves the output, and `options.refused_run`
     consecutive refusals end the sequence. If it refuses every point, the output keeps them all."""
-    start_time = time.perf_counter()
     if cond.shape[0] != 1:
-        raise ValueError("generate samples one avatar at a time (cond batch must be 1)")
-    max_points = min(options.max_points, model.config.max_points)
-    grammar = Grammar(tokenizer, max_points, options.min_points)
-    gen = torch.Generator(device="cpu").manual_seed(options.seed)
-    cache = model.new_cache(cond, capacity=max_points * TOKENS_PER_POINT + 2)
-    tokens = [tokenizer.start]
-    hidden: list[Tensor] = []
-    h, _ = model.prefill(torch.tensor([[tokenizer.start]], device=cond.device), cache, cond_mask)
-    h = h[:, -1]
-    ended = refused_stop = False
-    kept: list[bool] = []
-    run = 0
-    while True:
-        # only the logits the grammar allows: the slot's range, plus END at a point boundary
-        lo, hi, end_ok = grammar.allowed()
-        candidates = model.logits_slice(h[0], lo, hi) if hi > lo else h.new_zeros(0)
-        if end_ok:
-            candidates = torch.cat([candidates, model.logits_slice(h[0], tokenizer.end, tokenizer.end + 1)])
-        filtered = filter_logits(candidates.float(), None, options.temperature, options.top_k, options.top_p)
-        if options.temperature <= 0 or (options.greedy_first_point and grammar.points == 0):
-            choice = int(torch.argmax(filtered))
-        else:
-            choice = int(torch.multinomial(torch.softmax(filtered, -1).cpu(), 1, generator=gen))
-        token = lo + choice if choice < hi - lo else tokenizer.end
-        tokens.append(token)
-        if grammar.push(token):
-            ended = True
-            break
-        h = model.decode_hidden(torch.tensor([token], device=cond.device), cache, cond_mask)
-        hidden.append(h[0])
-        if keep_point is not None and not grammar.cur:  # a point was just finished
-            ok = bool(keep_point(tokenizer.dequantize(np.asarray(grammar.prev)[None])[0], token - tokenizer.bind_offset))
-            kept.append(ok)
-            run = 0 if ok else run + 1
-            if run >= options.refused_run:
-                tokens.append(tokenizer.end)
-                refused_stop = True
-                break
-        if grammar.points >= max_points and not grammar.cur:  # budget reached: END is the only choice left
-            tokens.append(tokenizer.end)
-            break
-        if not grammar.cur and progress is not None:
-            progress(grammar.points, max_points)
-        if cancelled is not None and len(tokens) % 64 == 0 and cancelled():
-            raise Cancelled("generation cancelled")
-    seq = np.asarray(tokens, dtype=np.int64)
-    body = seq[1:-1].reshape(-1, TOKENS_PER_POINT)
-    P = len(body)
-    hid = torch.stack(hidden[: P * TOKENS_PER_POINT]).reshape(P, TOKENS_PER_POINT, -1) if P else cond.new_zeros(0, TOKENS_PER_POINT, model.config.dim)
-    written = seq
-    keep = np.asarray(kept, dtype=bool) if kept else np.ones(P, dtype=bool)
-    if not keep.any():  # every point refused: keep them all
-        keep[:] = True
-    refused = int((~keep).sum())
-    if refused:  # a subsequence of a sorted sequence stays sorted, so it still decodes
-        body, hid = body[keep], hid[torch.from_numpy(keep).to(hid.device)]
-        seq = np.concatenate([seq[:1], body.reshape(-1), seq[-1:]])
-    points, binding = tokenizer.decode(seq)  # the grammar guarantees this never raises
-    return Generated(seq, points, body[:, :3].copy(), binding, hid, ended,
-                     time.perf_counter() - start_time, refused, refused_stop, written, keep)
+        raise ValueError("generate samples one avatar at a time (cond batch must be 1; see generate_batch)")
+    return generate_batch(model, tokenizer, cond, [options], [keep_point], progress, cancelled, cond_mask)[0]

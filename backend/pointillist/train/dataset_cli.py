@@ -95,6 +95,8 @@ def add_dataset_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--subjects", type=_positive_int, default=256, metavar="N", help="training subjects, balanced across hair styles")
     p.add_argument("--part", default="0/1", metavar="I/N", help="this process's share (default 0/1: all)")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="subject choice and sampling seed (seed + subject id)")
+    p.add_argument("--batch", type=_positive_int, default=8, metavar="B",
+                   help="subjects sampled together, one transformer step for all (default 8)")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     p.set_defaults(func=cmd_dataset_sample_points)
 
@@ -172,6 +174,7 @@ def cmd_dataset_sample_points(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     try:
         meta = build_generated_points(args.checkpoint, args.dir, args.output, args.subjects, (first, parts), seed=args.seed,
+                                      batch=args.batch,
                                       log=lambda line: print(line, file=sys.stderr, flush=True))
     except ValueError as exc:
         raise DatasetError(str(exc)) from None
