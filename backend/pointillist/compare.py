@@ -19,9 +19,13 @@ from .render.rasterize import rasterize
 from .render.sh import SH_C0
 
 
-def portrait_view(avatar: Avatar, head: HeadModel, size: int = 256, animator: AvatarAnimator | None = None) -> np.ndarray:
-    """The avatar posed with its fitted expression and rendered with its fitted camera, (size, size, 3)."""
+def render_portrait_camera(avatar: Avatar, head: HeadModel, size: int = 256, animator: AvatarAnimator | None = None,
+                           background: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The avatar posed with its fitted expression and rendered with its fitted camera: (rgb (size, size, 3)
+    float in [0, 1] over `background`, alpha (size, size) float). What the photo should look like."""
     src = avatar.source
+    if src is None or src.camera is None:
+        raise ValueError("the avatar has no source camera (it was not made from a portrait)")
     animator = animator or AvatarAnimator(avatar, head)
     with torch.no_grad():
         posed = animator(torch.as_tensor(src.expression) if src.expression is not None else None,
@@ -32,8 +36,15 @@ def portrait_view(avatar: Avatar, head: HeadModel, size: int = 256, animator: Av
         out = rasterize(posed.means[0], posed.quats[0], posed.log_scales[0].exp(),
                         torch.sigmoid(torch.as_tensor(g.opacity_logits)),
                         viewmat=torch.as_tensor(src.camera["viewmat"], dtype=torch.float32), K=K, width=size, height=size,
-                        colors=(0.5 + SH_C0 * torch.as_tensor(g.sh_dc)).clamp_min(0), background=torch.ones(3))
-    return (out.rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+                        colors=(0.5 + SH_C0 * torch.as_tensor(g.sh_dc)).clamp_min(0),
+                        background=torch.full((3,), float(background)))
+    return out.rgb.clamp(0, 1).numpy(), out.alpha.numpy()
+
+
+def portrait_view(avatar: Avatar, head: HeadModel, size: int = 256, animator: AvatarAnimator | None = None) -> np.ndarray:
+    """`render_portrait_camera` on white, (size, size, 3) uint8."""
+    rgb, _ = render_portrait_camera(avatar, head, size, animator)
+    return (rgb * 255 + 0.5).astype(np.uint8)
 
 
 def comparison_sheet(avatar: Avatar, head: HeadModel, tile: int = 256) -> np.ndarray:

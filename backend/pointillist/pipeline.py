@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,13 +24,21 @@ import torch.nn.functional as F
 from .assets import asset_path
 from .avatar.binding import closest_point_barycentrics
 from .avatar.gaussians import Avatar, Binding, Gaussians, HeadIdentity, SourceInfo
+from .completeness import CompletenessCheck, Coverage, PortraitRegions, coverage
 from .head.model import HeadModel
+
+if TYPE_CHECKING:
+    from .preprocess.portrait import PortraitInputs
 
 DEFAULT_CHECKPOINT_NAME = "generator.safetensors"
 MODEL_VERSION = "pointillist-generator/1"
 
 #: quality preset -> (point budget, refine steps)
 QUALITY = {"draft": (1024, 0), "standard": (2048, 40), "high": (3072, 150)}
+#: side of the portrait-camera render the completeness check judges
+CHECK_SIZE = 256
+#: the last-resort points' spacing: the generator's training targets' (one point per 18 mm cell)
+TEMPLATE_VOXEL_M = 0.018
 STAGES = ("understand", "fit", "encode", "generate", "decode", "refine", "bundle")
 
 Progress = Callable[[str, float], None]  # (stage, fraction of that stage done)
@@ -41,6 +50,10 @@ class Cancelled(Exception):
 
 class CreateError(ValueError):
     """Options, device or checkpoint that cannot make an avatar; the message says what to change."""
+
+
+class IncompleteAvatar(CreateError):
+    """No try made an avatar that passes the completeness check; nothing is returned or written."""
 
 
 @dataclass
@@ -65,8 +78,9 @@ class CreateOptions:
     def _validate(self) -> None:
         if self.quality not in QUALITY:
             raise ValueError(f"quality must be one of {sorted(QUALITY)}, got {self.quality!r}")
-        if self.max_points is not None and not 1 <= self.max_points <= 8192:
-            raise ValueError("max_points must be between 1 and 8192")
+        if self.max_points is not None and not CompletenessCheck.min_points <= self.max_points <= 8192:
+            raise ValueError(f"max_points must be between {CompletenessCheck.min_points} (fewer cannot make a "
+                             f"complete head) and 8192")
         if not 0 <= self.temperature <= 5:
             raise ValueError("temperature must be between 0 and 5")
         if not 0 < self.top_p <= 1:
@@ -97,10 +111,14 @@ class CreateResult:
     gaussians: int = 0
     warnings: list[str] = field(default_factory=list)
     fit_error_iod: float = 0.0
+    coverage: Coverage | None = None  # of the portrait's face and head regions, at the portrait camera
+    inputs: PortraitInputs | None = None  # the aligned crop, matte and landmarks it was made from
 
     def summary(self) -> dict:
         return {"points": self.points, "gaussians": self.gaussians, "warnings": self.warnings,
                 "fit_error_iod": round(self.fit_error_iod, 4),
+                "coverage": None if self.coverage is None else self.coverage.to_json(),
+                "points_from": self.avatar.meta.get("points_from"),
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
                 "total_seconds": round(sum(self.seconds.values()), 3)}
 
@@ -131,22 +149,30 @@ def load_model(checkpoint: str | os.PathLike | None, device: torch.device):
 
 def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = CreateOptions(), *,
                   head: HeadModel | None = None, progress: Progress | None = None,
-                  cancelled: Callable[[], bool] | None = None) -> CreateResult:
+                  cancelled: Callable[[], bool] | None = None,
+                  check: CompletenessCheck = CompletenessCheck()) -> CreateResult:
+    """Portrait -> avatar. The avatar passes `check` at the portrait camera or is not returned: when the
+    sampled points fall short, they are sampled again (see `_attempts`) and a warning says how the
+    returned avatar was made; when nothing passes, `IncompleteAvatar` says why."""
+    from .compare import render_portrait_camera
     from .head.fit import fit_head
     from .model.point_encoder import SurfaceSampler
     from .model.portrait_probe import PortraitView, ray_probe_features
     from .model.sampling import Cancelled as SamplingCancelled
     from .model.sampling import SamplingOptions, generate
     from .model.silhouette import SilhouetteCarver
+    from .model.teacher_forcing import teacher_forced_hidden
+    from .model.template_points import template_points
+    from .preprocess.landmarks import MAX_YAW_DEG
     from .preprocess.portrait import understand_portrait
 
     options.validate()
     report = progress or (lambda stage, frac: None)
-    check = cancelled or (lambda: False)
+    check_cancel = cancelled or (lambda: False)
     seconds: dict[str, float] = {}
 
     def stage(name: str):
-        if check():
+        if check_cancel():
             raise Cancelled(f"cancelled before {name}")
         report(name, 0.0)
         seconds[name] = time.perf_counter()
@@ -187,57 +213,123 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
     done("encode")
 
     stage("generate")
-    sampling = SamplingOptions(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
-                               max_points=options.budget, seed=options.seed)
-    try:
-        gen = generate(model.ar, model.tokenizer, cond, sampling,
-                       progress=lambda n, total: report("generate", n / total), cancelled=check,
-                       keep_point=SilhouetteCarver(seen, head) if options.carve and seen.alpha is not None else None)
-    except SamplingCancelled:
-        raise Cancelled("cancelled while generating points") from None
-    done("generate")
-
-    stage("decode")
-    with torch.no_grad():
-        out = model.decode(torch.as_tensor(gen.points, device=device), gen.hidden.to(device), gen.binding, seen, head)
-    k = model.config.decoder.gaussians_per_point
-    gaussians = Gaussians(
-        means=out.means[0].cpu().numpy().astype(np.float32),
-        log_scales=out.log_scales[0].cpu().numpy().astype(np.float32),
-        quats=out.quats[0].cpu().numpy().astype(np.float32),
-        opacity_logits=out.opacity_logits[0].cpu().numpy().astype(np.float32),
-        sh_dc=out.sh_dc[0].cpu().numpy().astype(np.float32),
-        sh_rest=np.zeros((out.means.shape[1], 0, 3), dtype=np.float32),
-    )
-    triangles = np.repeat(gen.binding, k)
-    done("decode")
-
     verts = identity[0].numpy().astype(np.float64)
-    faces = head.data.faces
+    sha = hashlib.sha256(portrait if isinstance(portrait, bytes) else Path(portrait).read_bytes()).hexdigest()
     source = SourceInfo(image=inputs.crop, matte=inputs.matte,
                         camera={"viewmat": fit.viewmat.tolist(), "K": fit.K.tolist(), "width": size, "height": size},
                         expression=fit.expression.astype(np.float32), pose=fit.pose.astype(np.float32))
-    sha = hashlib.sha256(portrait if isinstance(portrait, bytes) else Path(portrait).read_bytes()).hexdigest()
-    avatar = Avatar(
-        gaussians=gaussians,
-        binding=Binding(triangles=triangles.astype(np.int64),
-                        barycentrics=closest_point_barycentrics(gaussians.means, verts[faces[triangles]]).astype(np.float32)),
-        identity=HeadIdentity(model_id=head.model_id, shape=fit.shape.astype(np.float32)),
-        source=source,
-        meta={"model_version": MODEL_VERSION, "creation_options": asdict(options), "source_sha256": sha,
-              "checkpoint_info": {k: v for k, v in info.items() if k in ("name", "data", "ar", "decoder")},
-              "generated_points": int(len(gen.binding)), "ended_by_model": bool(gen.ended),
-              "carved_points": int(gen.refused)},
-    )
+    regions = PortraitRegions.from_portrait(inputs.landmarks, inputs.matte, inputs.photo, size=CHECK_SIZE)
+    meta = {"model_version": MODEL_VERSION, "creation_options": asdict(options), "source_sha256": sha,
+            "checkpoint_info": {k: v for k, v in info.items() if k in ("name", "data", "ar", "decoder")}}
+
+    def decoded(points: np.ndarray, hidden: torch.Tensor, binding: np.ndarray, extra: dict) -> Avatar:
+        """The Gaussian decoder's avatar of these points (hidden (P, 4, d): their tokens' AR states)."""
+        with torch.no_grad():
+            out = model.decode(torch.as_tensor(points, device=device), hidden.to(device), binding, seen, head)
+        k = model.config.decoder.gaussians_per_point
+        g = Gaussians(means=out.means[0].cpu().numpy().astype(np.float32),
+                      log_scales=out.log_scales[0].cpu().numpy().astype(np.float32),
+                      quats=out.quats[0].cpu().numpy().astype(np.float32),
+                      opacity_logits=out.opacity_logits[0].cpu().numpy().astype(np.float32),
+                      sh_dc=out.sh_dc[0].cpu().numpy().astype(np.float32),
+                      sh_rest=np.zeros((out.means.shape[1], 0, 3), dtype=np.float32))
+        triangles = np.repeat(np.asarray(binding, dtype=np.int64), k)
+        return Avatar(gaussians=g,
+                      binding=Binding(triangles=triangles, barycentrics=closest_point_barycentrics(
+                          g.means, verts[head.data.faces[triangles]]).astype(np.float32)),
+                      identity=HeadIdentity(model_id=head.model_id, shape=fit.shape.astype(np.float32)),
+                      source=source, meta={**meta, **extra})
+
+    def judged(avatar: Avatar, points: int) -> tuple[Coverage, list[str]]:
+        cover = coverage(render_portrait_camera(avatar, head, CHECK_SIZE)[1], regions)
+        return cover, check.failures(cover, points)
+
+    warnings, attempts, best, decode_seconds = list(inputs.warnings), [], None, 0.0
+    for how, carve, seed in _attempts(options):
+        t = time.perf_counter()
+        if carve is None:  # the fitted head's own surface, teacher-forced through the transformer
+            points, binding = template_points(head, fit.shape, TEMPLATE_VOXEL_M)
+            if len(points) > options.budget:  # evenly over the head, not its lowest part
+                pick = np.linspace(0, len(points) - 1, options.budget).round().astype(np.int64)
+                points, binding = points[pick], binding[pick]
+            enc = model.tokenizer.encode(points, binding)
+            points, binding = enc.points, enc.binding
+            with torch.no_grad():
+                hidden = teacher_forced_hidden(model, enc.tokens, cond)
+            extra = {"points_from": "template", "generated_points": 0, "ended_by_model": False, "carved_points": 0}
+        else:
+            sampling = SamplingOptions(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
+                                       max_points=options.budget, seed=seed)
+            carver = SilhouetteCarver(seen, head, photo=inputs.photo) if carve and seen.alpha is not None else None
+            try:
+                gen = generate(model.ar, model.tokenizer, cond, sampling,
+                               progress=lambda n, total: report("generate", n / total), cancelled=check_cancel,
+                               keep_point=carver)
+            except SamplingCancelled:
+                raise Cancelled("cancelled while generating points") from None
+            points, hidden, binding = gen.points, gen.hidden, gen.binding
+            extra = {"points_from": "generator", "seed": seed, "carved": carve, "generated_points": int(len(gen.binding)),
+                     "ended_by_model": bool(gen.ended), "carved_points": int(gen.refused)}
+        if len(binding):
+            t_decode = time.perf_counter()
+            avatar = decoded(points, hidden, binding, extra)
+            cover, failures = judged(avatar, len(binding))
+            decode_seconds += time.perf_counter() - t_decode
+        else:
+            avatar, cover, failures = None, Coverage(0.0, 0.0), ["no points at all"]
+        attempts.append({"points": how, "seconds": round(time.perf_counter() - t, 3), "coverage": cover.to_json(),
+                         "failures": failures})
+        if not failures or best is None or (cover.face, cover.head) > (best[2].face, best[2].head):
+            best = (avatar, len(binding), cover, failures, how)
+        if not failures:
+            break
+        if check_cancel():
+            raise Cancelled("cancelled while generating points")
+    avatar, num_points, cover, failures, how = best
+    if failures:
+        raise IncompleteAvatar(
+            f"could not make a complete avatar of this portrait: the best of {len(attempts)} tries ({how}) fails "
+            f"its completeness check at the portrait camera: {'; '.join(failures)}. Use a sharper, well-lit photo "
+            f"with the whole head in view and the face turned less than {MAX_YAW_DEG:.0f}° from the camera")
+    if len(attempts) > 1:
+        first = attempts[0]
+        warnings.append(f"the first sampled points did not make a complete avatar ({'; '.join(first['failures'])}); "
+                        f"this avatar's points were {how}"
+                        + (" (the generator's points failed every try): hair beyond the scalp is missing"
+                           if avatar.meta["points_from"] == "template" else ""))
+    avatar.meta.update({"completeness": {"coverage": cover.to_json(), "attempts": attempts}, "warnings": warnings})
+    done("generate")
+    seconds["generate"] -= decode_seconds  # each try's decoding and check were timed apart
+    seconds["decode"] = decode_seconds
+    report("decode", 1.0)
 
     stage("refine")
     if options.steps > 0:
         from .refine import refine_avatar
 
-        avatar = refine_avatar(avatar, head, options.steps, progress=lambda f: report("refine", f), cancelled=check)
+        refined = refine_avatar(avatar, head, options.steps, progress=lambda f: report("refine", f), cancelled=check_cancel)
+        refined_cover, refined_failures = judged(refined, num_points)
+        if refined_failures:  # keep what passed rather than ship what does not
+            warnings.append(f"photometric refinement left the avatar incomplete ({'; '.join(refined_failures)}); "
+                            f"the avatar is returned unrefined")
+        else:
+            avatar, cover = refined, refined_cover
+            avatar.meta["completeness"]["coverage"] = cover.to_json()
     done("refine")
-    return CreateResult(avatar=avatar, seconds=seconds, points=len(gen.binding), gaussians=gaussians.num,
-                        warnings=list(inputs.warnings), fit_error_iod=fit.error_iod)
+    return CreateResult(avatar=avatar, seconds=seconds, points=num_points, gaussians=avatar.gaussians.num,
+                        warnings=warnings, fit_error_iod=fit.error_iod, coverage=cover, inputs=inputs)
+
+
+def _attempts(options: CreateOptions) -> list[tuple[str, bool | None, int]]:
+    """(how the points are made, carve (None: the fitted head's surface), seed), tried in order until one
+    passes the completeness check: as asked; without carving (the check that failed may be the matte's);
+    another seed (a first point or an early run the sequence cannot undo); the fitted head's surface."""
+    plan = [("sampled by the generator", options.carve, options.seed)]
+    if options.carve:
+        plan.append(("sampled again without silhouette carving", False, options.seed))
+    plan.append((f"sampled again with seed {options.seed + 1}", options.carve, options.seed + 1))
+    plan.append(("the fitted head's surface, decoded by the generator", None, options.seed))
+    return plan
 
 
 def create_bundle(portrait: str | os.PathLike, out: str | os.PathLike, options: CreateOptions = CreateOptions(), *,

@@ -12,7 +12,8 @@ from pointillist.cli import main
 from pointillist.model.config import MODEL_PRESETS
 from pointillist.model.sampling import SamplingOptions, generate
 from pointillist.train.generated_points import GeneratedSequence, load_generated, save_generated
-from pointillist.train.train_generator import TrainConfig, Trainer, sidecar, teacher_forced_hidden
+from pointillist.model.teacher_forcing import teacher_forced_hidden
+from pointillist.train.train_generator import TrainConfig, Trainer, sidecar
 from tests.model.test_model import _model
 from tests.train.test_train import data  # noqa: F401  (the tiny dataset fixture)
 

@@ -33,7 +33,9 @@ class SamplingOptions:
     max_points: int = 1024
     min_points: int = 1
     seed: int = 0
-    #: with a `keep_point` check: end the sequence after this many consecutive points it refused
+    #: with a `keep_point` check: end the sequence after this many consecutive points it refused, once it
+    #: has kept as many (the plume the check cuts starts above a head that was written: refusals before
+    #: that mean the points are elsewhere, and ending there left real photos with 24-point avatars)
     refused_run: int = 24
     #: take the first point's tokens at the mode: the y-z-x order never goes back, so a first point sampled
     #: from the distribution's tail (the crown instead of the neck) loses everything below it for good
@@ -146,7 +148,7 @@ class _Stream:
         self.tokens = [tokenizer.start]
         self.hidden: list[Tensor] = []
         self.kept: list[bool] = []
-        self.run = 0
+        self.num_kept = self.run = 0
         self.ended = self.refused_stop = self.done = False
         self.started, self.seconds = time.perf_counter(), 0.0
 
@@ -183,8 +185,9 @@ class _Stream:
         if self.keep_point is not None and not g.cur:  # a point was just finished
             ok = bool(self.keep_point(self.t.dequantize(np.asarray(g.prev)[None])[0], token - self.t.bind_offset))
             self.kept.append(ok)
+            self.num_kept += ok
             self.run = 0 if ok else self.run + 1
-            if self.run >= self.options.refused_run:
+            if self.run >= self.options.refused_run and self.num_kept >= self.options.refused_run:
                 self.refused_stop = True
                 self._finish(end_token=True)
                 return
@@ -199,8 +202,6 @@ class _Stream:
                else cond.new_zeros(0, TOKENS_PER_POINT, model.config.dim))
         written = seq
         keep = np.asarray(self.kept, dtype=bool) if self.kept else np.ones(P, dtype=bool)
-        if not keep.any():  # every point refused: keep them all
-            keep[:] = True
         refused = int((~keep).sum())
         if refused:  # a subsequence of a sorted sequence stays sorted, so it still decodes
             body, hid = body[keep], hid[torch.from_numpy(keep).to(hid.device)]
@@ -268,7 +269,8 @@ def generate(model: ARTransformer, tokenizer: PointTokenizer, cond: Tensor, opti
 
     `keep_point(xyz, triangle)` (e.g. `SilhouetteCarver`) judges each finished point: a refused point stays
     in the transformer's context (it was written) but leaves the output, and `options.refused_run`
-    consecutive refusals end the sequence. If it refuses every point, the output keeps them all."""
+    consecutive refusals end the sequence once as many were kept. If it refuses every point, the output has
+    none (`create`'s completeness check then decides what to do)."""
     if cond.shape[0] != 1:
         raise ValueError("generate samples one avatar at a time (cond batch must be 1; see generate_batch)")
     return generate_batch(model, tokenizer, cond, [options], [keep_point], progress, cancelled, cond_mask)[0]

@@ -12,7 +12,11 @@ every sequence that stays on the person.
 The check poses each point like the head in the photo (its bound triangle's blended LBS transform, as
 `portrait_probe.triangle_transforms`), projects it with the fitted camera, and reads a slightly dilated
 matte (the points are voxel centres; the Gaussians around them reach a little further). Points outside
-the frame or behind the camera are kept: the photo says nothing about them.
+the frame, behind the camera, or on crop pixels that lie past the photo's own edge (`photo`) are kept: the
+photo says nothing about them. That last rule matters on real photos: a tight head shot cuts the neck at
+the photo's lower edge, the aligned crop fills the rest with grey, and the neck is the first thing the
+y-z-x order writes; judged against that fill, every neck point was refused and the sequence ended
+before it reached the face.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ MATTE_THRESHOLD = 0.5
 class SilhouetteCarver:
     """Decides, per point in head space at rest bound to a triangle, whether the portrait allows it."""
 
-    def __init__(self, view: PortraitView, head: HeadModel, dilate_fraction: float = DILATE_FRACTION):
+    def __init__(self, view: PortraitView, head: HeadModel, dilate_fraction: float = DILATE_FRACTION,
+                 photo: np.ndarray | None = None):
+        """`photo`: (H, W) bool, the portrait's pixels that come from the photo (None: all of them)."""
         if view.alpha is None:
             raise ValueError("silhouette carving needs the portrait's matte")
         with torch.no_grad():
@@ -47,10 +53,15 @@ class SilhouetteCarver:
         radius = int(round(dilate_fraction * matte.shape[1]))
         yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
         self._inside_person = ndimage.binary_dilation(matte, structure=xx**2 + yy**2 <= radius**2) if radius else matte
+        if photo is not None:
+            photo = np.asarray(photo, dtype=bool)
+            if photo.shape != matte.shape:
+                raise ValueError(f"the photo mask is {photo.shape}, the matte {matte.shape}")
+            self._inside_person = self._inside_person | ~photo  # unknown pixels never refuse a point
 
     def keep(self, points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
         """(N,) bool for points (N, 3) metres at rest bound to triangles (N,): False where the point lands on
-        the portrait's background."""
+        the photo's background."""
         points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
         tri = np.asarray(triangles, dtype=np.int64).reshape(-1)
         cam = np.einsum("nij,nj->ni", self._R[tri], points) + self._t[tri]

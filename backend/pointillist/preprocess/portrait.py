@@ -36,6 +36,9 @@ class PortraitInputs:
     matte: np.ndarray  # (S, S) uint8
     landmarks: np.ndarray  # (478, 3) float32 in crop pixels (z in the same pixel units)
     transform: CropTransform  # ORIGINAL-photo pixels -> crop pixels
+    #: (S, S) bool: crop pixels that come from the photo (False where the crop runs past its edge and is fill);
+    #: the matte says nothing about the others
+    photo: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: decode, landmarks, align, matte
 
@@ -96,4 +99,4 @@ def understand_portrait(source: str | os.PathLike | bytes, *, size: int = 512, r
     matte = foreground_matte(crop, alpha_crop, valid)
     timings["matte"] = time.perf_counter() - t
     return PortraitInputs(crop=crop, matte=matte, landmarks=landmarks.astype(np.float32), transform=transform,
-                          warnings=notes, timings=timings)
+                          photo=valid, warnings=notes, timings=timings)

@@ -55,7 +55,9 @@ from .eval_reenact import (
     to_uint8,
 )
 from .eval_sheet import contact_sheet
-from .train_generator import conditioning_inputs, teacher_forced_hidden, windowed_passes
+from ..model.teacher_forcing import teacher_forced_hidden, windowed_passes
+from ..model.template_points import template_points
+from .train_generator import conditioning_inputs
 
 
 class EvalError(ValueError):
@@ -100,22 +102,6 @@ class EvalResult:
 def _novel_views(record) -> list[int]:
     """Views 1.. (a posed one is compared with the avatar posed alike: `render_view`)."""
     return list(range(1, record.num_views))
-
-
-def _template_points(head: HeadModel, shape: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The identity mesh's vertices (skin parts), each bound to the first skin triangle holding it."""
-    data = head.data
-    verts = head.identity_vertices(torch.as_tensor(shape)[None])[0].numpy()
-    skin = np.ones(data.num_faces, dtype=bool)
-    for name in ("mouth_cavity", "teeth_upper", "teeth_lower"):
-        if data.face_parts is not None and name in data.part_names:
-            skin &= ~data.part_mask(name)
-    faces = np.flatnonzero(skin)
-    owner = np.full(data.num_vertices, -1)
-    for f in faces[::-1]:
-        owner[data.faces[f]] = f
-    used = owner >= 0
-    return verts[used], owner[used]
 
 
 def _full_ar_loss(model, record, cond) -> torch.Tensor:
@@ -262,7 +248,7 @@ def _evaluate_subject(model, sampler, head: HeadModel, record, config: EvalConfi
         decoded = model.decode(torch.as_tensor(gen.points), gen.hidden, gen.binding, portrait, head)
         chamfer_cm, binding_acc = metrics.chamfer_and_binding(gen.points, gen.binding, record.ar_points, record.ar_binding)
         # template-positions ablation
-        tpts, tbind = _template_points(head, record.shape)
+        tpts, tbind = template_points(head, record.shape)
         enc = model.tokenizer.encode(tpts, tbind)
         ablation = model.decode(torch.as_tensor(enc.points), teacher_forced_hidden(model, enc.tokens, cond), enc.binding,
                                 portrait, head)

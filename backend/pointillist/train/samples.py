@@ -27,7 +27,8 @@ def heldout_subject(dataset):
 
 def sample_sheet(model: Generator, head: HeadModel, sampler: SurfaceSampler, record, size: int = 128) -> np.ndarray:
     """(size, 2·size + 4, 3) uint8: target view | render of the decoded avatar, a grey bar between."""
-    from .train_generator import conditioning_inputs, teacher_forced_hidden
+    from ..model.teacher_forcing import teacher_forced_hidden
+    from .train_generator import conditioning_inputs
 
     view = 1 if record.num_views > 1 else 0
     device = next(model.parameters()).device
