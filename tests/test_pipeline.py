@@ -13,27 +13,28 @@ from pointillist.avatar.bundle import read_bundle
 from pointillist.avatar.controls import FaceControls
 from pointillist.avatar.gaussians import validate_avatar
 from pointillist.cli import main
+from pointillist.completeness import CompletenessCheck
 from pointillist.model.checkpoint import save_generator
-from pointillist.model.config import MODEL_PRESETS, GeneratorConfig
-from pointillist.model.generator import Generator
-from pointillist.pipeline import Cancelled, CreateOptions, create_avatar
+from pointillist.pipeline import Cancelled, CreateOptions, IncompleteAvatar, create_avatar
 from pointillist.preview import ViewSpec, render_frame
 from pointillist.synth.procedural import make_procedural_avatar
+
+from .generators import FALLBACK_POINTS, complete_by_fallback, tiny_generator
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory, head):
-    import torch
-
-    torch.manual_seed(0)
-    base = GeneratorConfig().to_json()
-    for part, values in MODEL_PRESETS["tiny"].items():
-        base[part].update(values)
-    base["tokenizer"]["num_faces"] = head.num_faces
-    base["decoder"]["probe"] = True  # the decoder reads the portrait under each point, as the shipped one does
-    base["points"]["probe"] = True  # and the head-point tokens read its matte and colour along rays out of the head
+    """A tiny generator whose avatars are complete only through `create`'s fallback (tests/generators.py)."""
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_generator(path, Generator(GeneratorConfig.from_json(base)), {"name": "tiny random"})
+    save_generator(path, complete_by_fallback(tiny_generator(head)), {"name": "tiny, complete by fallback"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def scatter_checkpoint(tmp_path_factory, head):
+    """A random tiny generator: its points land all over the box, its Gaussians are half transparent."""
+    path = tmp_path_factory.mktemp("ckpt") / "scatter.safetensors"
+    save_generator(path, tiny_generator(head), {"name": "tiny random"})
     return path
 
 
@@ -49,17 +50,24 @@ def portrait(tmp_path_factory, head):
 @pytest.mark.slow
 def test_create_writes_a_valid_rigged_bundle_and_a_comparison_sheet(tmp_path, tiny_checkpoint, portrait, head, capsys):
     out = tmp_path / "avatar"
-    code = main(["create", str(portrait), "-o", str(out), "--checkpoint", str(tiny_checkpoint), "--max-points", "48",
-                 "--refine-steps", "2", "--seed", "3"])
+    code = main(["create", str(portrait), "-o", str(out), "--checkpoint", str(tiny_checkpoint), "--max-points",
+                 str(FALLBACK_POINTS), "--refine-steps", "2", "--seed", "3"])
     assert code == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
     avatar = read_bundle(out)
     validate_avatar(avatar, num_faces=head.num_faces, num_vertices=head.num_vertices)
     k = 8
-    assert 1 <= summary["points"] <= 48 and avatar.gaussians.num == summary["points"] * k
+    assert 64 <= summary["points"] <= FALLBACK_POINTS and avatar.gaussians.num == summary["points"] * k
     assert set(summary["seconds"]) >= {"understand", "fit", "encode", "generate", "decode", "refine", "bundle"}
     assert avatar.source.image.shape == (512, 512, 3) and avatar.source.camera["width"] == 512
-    assert avatar.meta["creation_options"]["max_points"] == 48 and avatar.meta["refine_steps"] == 2
+    assert avatar.meta["creation_options"]["max_points"] == FALLBACK_POINTS and avatar.meta["refine_steps"] == 2
+    # the sampled tries fell short, so the avatar came from the fitted head's surface, and every channel says so
+    assert summary["points_from"] == "template" == avatar.meta["points_from"]
+    assert summary["coverage"]["face"] >= 0.95 and summary["coverage"]["head"] >= 0.75
+    assert any("fitted head's surface" in w for w in summary["warnings"])
+    assert "warning: the first sampled points did not make a complete avatar" in captured.err
+    assert avatar.meta["warnings"] == summary["warnings"]
     assert (out / "preview.png").exists()
     # every Gaussian is bound to the triangle of the point it came from, at the closest point on it
     assert np.all(avatar.binding.barycentrics >= -1e-6) and np.allclose(avatar.binding.barycentrics.sum(1), 1, atol=1e-5)
@@ -69,21 +77,22 @@ def test_create_writes_a_valid_rigged_bundle_and_a_comparison_sheet(tmp_path, ti
 
 
 def test_create_is_deterministic_for_a_seed(tiny_checkpoint, portrait, head):
-    options = CreateOptions(checkpoint=str(tiny_checkpoint), max_points=24, refine_steps=0, seed=7)
+    options = CreateOptions(checkpoint=str(tiny_checkpoint), max_points=FALLBACK_POINTS, refine_steps=0, seed=7)
     a = create_avatar(portrait, options, head=head).avatar
     b = create_avatar(portrait, options, head=head).avatar
     assert np.array_equal(a.gaussians.means, b.gaussians.means) and np.array_equal(a.binding.triangles, b.binding.triangles)
 
 
-def test_carving_keeps_only_points_on_the_portraits_matte(tiny_checkpoint, portrait, head):
+def test_carving_keeps_only_points_on_the_portraits_matte(scatter_checkpoint, portrait, head):
     """An untrained model scatters points over the whole box: carving keeps those the matte allows (posed and
     projected like the photo), in the order written, and says how many it dropped."""
     from pointillist.model.portrait_probe import PortraitView
     from pointillist.model.silhouette import SilhouetteCarver
 
-    base = dict(checkpoint=str(tiny_checkpoint), max_points=64, refine_steps=0, seed=5, quality="draft")
-    plain = create_avatar(portrait, CreateOptions(**base, carve=False), head=head).avatar
-    carved = create_avatar(portrait, CreateOptions(**base, carve=True), head=head).avatar
+    base = dict(checkpoint=str(scatter_checkpoint), max_points=64, refine_steps=0, seed=5, quality="draft")
+    anything = CompletenessCheck(face=0.0, head=0.0, min_points=1)  # the first try is returned, whatever it covers
+    plain = create_avatar(portrait, CreateOptions(**base, carve=False), head=head, check=anything).avatar
+    carved = create_avatar(portrait, CreateOptions(**base, carve=True), head=head, check=anything).avatar
     assert plain.meta["carved_points"] == 0 and carved.meta["carved_points"] > 0
     assert carved.meta["creation_options"]["carve"] is True
     src = carved.source
@@ -111,16 +120,17 @@ def test_cancel_stops_between_stages_and_writes_nothing(tiny_checkpoint, portrai
         seen.append(stage)
 
     with pytest.raises(Cancelled):
-        create_bundle(portrait, tmp_path / "out", CreateOptions(checkpoint=str(tiny_checkpoint), max_points=16),
+        create_bundle(portrait, tmp_path / "out", CreateOptions(checkpoint=str(tiny_checkpoint), max_points=64),
                       head=head, progress=progress, cancelled=lambda: "encode" in seen)
     assert not (tmp_path / "out").exists() and "generate" not in seen
 
 
-@pytest.mark.parametrize("case", ["not-an-image", "missing-checkpoint", "corrupt-checkpoint", "bad-option", "no-face"])
+@pytest.mark.parametrize("case", ["not-an-image", "missing-checkpoint", "corrupt-checkpoint", "bad-option", "no-face",
+                                  "too-few-points"])
 def test_bad_input_is_refused_cleanly(case, tmp_path, tiny_checkpoint, portrait, capsys):
-    args = [str(portrait), "-o", str(tmp_path / "out"), "--checkpoint", str(tiny_checkpoint), "--max-points", "8"]
+    args = [str(portrait), "-o", str(tmp_path / "out"), "--checkpoint", str(tiny_checkpoint), "--max-points", "64"]
     expect = {"not-an-image": "not", "missing-checkpoint": "no such checkpoint", "corrupt-checkpoint": "bad.safetensors",
-              "bad-option": "temperature", "no-face": "no face"}[case]
+              "bad-option": "temperature", "no-face": "no face", "too-few-points": "max_points must be between 64"}[case]
     if case == "not-an-image":
         (tmp_path / "notes.png").write_text("hello")
         args[0] = str(tmp_path / "notes.png")
@@ -131,6 +141,8 @@ def test_bad_input_is_refused_cleanly(case, tmp_path, tiny_checkpoint, portrait,
         args[4] = str(tmp_path / "bad.safetensors")
     elif case == "bad-option":
         args += ["--temperature", "-1"]
+    elif case == "too-few-points":
+        args[-1] = "63"
     elif case == "no-face":
         Image.fromarray(np.full((300, 300, 3), 128, np.uint8)).save(tmp_path / "wall.png")
         args[0] = str(tmp_path / "wall.png")
@@ -138,3 +150,31 @@ def test_bad_input_is_refused_cleanly(case, tmp_path, tiny_checkpoint, portrait,
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expect in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_avatar_that_no_try_completes_is_refused_and_nothing_is_written(scatter_checkpoint, portrait, head,
+                                                                           tmp_path, capsys):
+    """Half-transparent scattered points, and too few of them on the head surface to cover it: every try
+    fails the check, and `create` refuses with the coverage it reached instead of writing a broken avatar."""
+    with pytest.raises(IncompleteAvatar, match="could not make a complete avatar.*best of 4 tries.*face"):
+        create_avatar(portrait, CreateOptions(checkpoint=str(scatter_checkpoint), max_points=96, refine_steps=0),
+                      head=head)
+    out = tmp_path / "avatar"
+    code = main(["create", str(portrait), "-o", str(out), "--checkpoint", str(scatter_checkpoint), "--max-points", "96",
+                 "--refine-steps", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: could not make a complete avatar" in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_every_try_is_recorded_in_order_until_one_passes(tiny_checkpoint, portrait, head):
+    options = CreateOptions(checkpoint=str(tiny_checkpoint), max_points=FALLBACK_POINTS, refine_steps=0, seed=4)
+    result = create_avatar(portrait, options, head=head)
+    tries = result.avatar.meta["completeness"]["attempts"]
+    assert [t["points"] for t in tries] == ["sampled by the generator", "sampled again without silhouette carving",
+                                             "sampled again with seed 5", "the fitted head's surface, decoded by the generator"]
+    assert all(t["failures"] for t in tries[:3]) and not tries[3]["failures"]
+    assert result.coverage.face >= 0.95 and result.coverage.head >= 0.75
+    # without carving asked for, there is no carving-free retry
+    result = create_avatar(portrait, CreateOptions(**{**options.__dict__, "carve": False}), head=head)
+    assert len(result.avatar.meta["completeness"]["attempts"]) == 3

@@ -3,7 +3,8 @@
 An avatar is judged where the photo is certain: rendered with the fitted camera and expression, its alpha
 must cover the face (inside MediaPipe's face oval) and most of the head (the person's matte above the
 chin plus a margin, hair included). Both regions are counted only on pixels that come from the photo
-(a crop that runs past the photo's edge says nothing there). `create` returns no avatar that fails
+(a crop that runs past the photo's edge says nothing there) and off the hands (a hand on the cheek is in
+the matte but is not the head). `create` returns no avatar that fails
 this: it samples again another way, and refuses if nothing passes (`pipeline.create_avatar`).
 
 The same regions give the real-portrait benchmark its coverage and face-region scores.
@@ -29,14 +30,14 @@ CHIN_MARGIN = 0.03
 class PortraitRegions:
     """Boolean (S, S) masks of the aligned portrait crop."""
 
-    face: np.ndarray  # inside the face oval (MediaPipe's landmarks), on the photo
-    head: np.ndarray  # the person's matte above the chin + margin (hair included), on the photo
+    face: np.ndarray  # inside the face oval (MediaPipe's landmarks), on the photo, not a hand
+    head: np.ndarray  # the person's matte above the chin + margin (hair included), on the photo, not a hand
 
     @classmethod
     def from_portrait(cls, landmarks: np.ndarray, matte: np.ndarray, photo: np.ndarray | None = None,
-                      size: int | None = None) -> PortraitRegions:
-        """From crop-space landmarks (478, 2+), the matte (S, S) uint8 and the photo mask (S, S) bool, at
-        `size` (default: the crop's own side)."""
+                      hands: np.ndarray | None = None, size: int | None = None) -> PortraitRegions:
+        """From crop-space landmarks (478, 2+), the matte (S, S) uint8, the photo mask and the hands (S, S)
+        bool, at `size` (default: the crop's own side)."""
         matte = np.asarray(matte)
         side = matte.shape[0]
         size = size or side
@@ -47,8 +48,11 @@ class PortraitRegions:
         face = np.asarray(oval) > 0
         if size != side:
             matte = np.asarray(Image.fromarray(matte).resize((size, size), Image.BILINEAR))
-            photo = None if photo is None else np.asarray(Image.fromarray(np.asarray(photo)).resize((size, size), Image.NEAREST))
+            nearest = lambda m: None if m is None else np.asarray(Image.fromarray(np.asarray(m)).resize((size, size), Image.NEAREST))
+            photo, hands = nearest(photo), nearest(hands)
         on_photo = np.ones((size, size), bool) if photo is None else np.asarray(photo, bool)
+        if hands is not None:
+            on_photo = on_photo & ~np.asarray(hands, bool)
         # "above the chin" in the crop's own rows: the crop is levelled on the eyes, so rows run across the face
         chin_row = points[mpt.CHIN, 1] + CHIN_MARGIN * size
         rows = (np.arange(size) + 0.5)[:, None] <= chin_row

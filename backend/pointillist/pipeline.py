@@ -218,7 +218,7 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
     source = SourceInfo(image=inputs.crop, matte=inputs.matte,
                         camera={"viewmat": fit.viewmat.tolist(), "K": fit.K.tolist(), "width": size, "height": size},
                         expression=fit.expression.astype(np.float32), pose=fit.pose.astype(np.float32))
-    regions = PortraitRegions.from_portrait(inputs.landmarks, inputs.matte, inputs.photo, size=CHECK_SIZE)
+    regions = PortraitRegions.from_portrait(inputs.landmarks, inputs.matte, inputs.photo, inputs.hands, size=CHECK_SIZE)
     meta = {"model_version": MODEL_VERSION, "creation_options": asdict(options), "source_sha256": sha,
             "checkpoint_info": {k: v for k, v in info.items() if k in ("name", "data", "ar", "decoder")}}
 

@@ -90,16 +90,39 @@ def test_generate_drops_refused_points_and_keeps_a_decodable_sequence():
     np.testing.assert_array_equal(binding, carved.binding)
 
 
-def test_a_run_of_refusals_ends_the_sequence_and_refusing_all_keeps_all():
+def test_a_run_of_refusals_ends_the_sequence_only_after_as_many_points_were_kept():
+    """The run rule cuts a plume above a head that was written; refusals before that (a neck the photo cut
+    off, a matte that misses the first rows) must not end the sequence, and refusing everything keeps nothing."""
     model = _model(seed=3)
     tok = model.tokenizer
     with torch.no_grad():
         cond = _cond(model, seed=4)
         options = SamplingOptions(temperature=1.0, top_p=1.0, max_points=30, min_points=30, seed=2, refused_run=3)
         calls = []
-        first_two = lambda xyz, triangle: calls.append(triangle) or len(calls) <= 2
-        gen = generate(model.ar, tok, cond, options, keep_point=first_two)
-        assert len(calls) == 5 and gen.refused_stop and len(gen.binding) == 2 and gen.refused == 3
+        first_three = lambda xyz, triangle: calls.append(triangle) or len(calls) <= 3
+        gen = generate(model.ar, tok, cond, options, keep_point=first_three)
+        assert len(calls) == 6 and gen.refused_stop and len(gen.binding) == 3 and gen.refused == 3
         assert gen.tokens[-1] == tok.end and not gen.ended
+        calls.clear()
+        late = lambda xyz, triangle: calls.append(triangle) or 5 < len(calls) <= 8  # five refused before any kept
+        gen = generate(model.ar, tok, cond, options, keep_point=late)
+        assert len(calls) == 11 and gen.refused_stop and len(gen.binding) == 3 and gen.refused == 8
         nothing = generate(model.ar, tok, cond, options, keep_point=lambda xyz, triangle: False)
-        assert len(nothing.binding) == 3 and nothing.refused == 0  # the whole (stopped) sequence is returned
+        assert len(nothing.binding) == 0 and nothing.refused == len(nothing.kept) > 3 and not nothing.refused_stop
+        points, binding = tok.decode(nothing.tokens)
+        assert points.shape == (0, 3) and len(binding) == 0
+
+
+def test_pixels_past_the_photos_edge_never_refuse_a_point(head):
+    """A tight head shot: the crop's lower part is grey fill, not background. A point landing there is kept;
+    the same point is refused where the photo shows background."""
+    matte = _disk(10)
+    photo = np.ones((SIZE, SIZE), bool)
+    photo[SIZE // 2 + 15:] = False  # the photo ends 15 px below the centre
+    below = np.array([[0.0, -0.2, 0.0]])  # 20 px below the centre: off the matte, past the photo's edge
+    beside = np.array([[0.2, 0.0, 0.0]])  # 20 px right of the centre, on the photo's background
+    carver = SilhouetteCarver(_view(head, matte), head, dilate_fraction=0.0, photo=photo)
+    assert carver.keep(below, [0])[0] and not carver.keep(beside, [0])[0]
+    assert not SilhouetteCarver(_view(head, matte), head, dilate_fraction=0.0).keep(below, [0])[0]
+    with pytest.raises(ValueError, match="photo mask"):
+        SilhouetteCarver(_view(head, matte), head, photo=photo[:10])

@@ -10,7 +10,8 @@
    seven versions of the astronaut (0.75×, 1×, 1.5×, 2.5×, shifted, rolled 10° and −20°), mapped back to
    her own pixels: the refined landmarks lie 0.10 px (mean) from their consensus, the mapped first
    detection 0.64 px; it costs one more mesh run (~10 ms) and one more warp.
-5. `foreground_matte` on the crop, with the photo's own alpha (warped the same way) as a hint.
+5. `foreground_matte` on the crop, with the photo's own alpha (warped the same way) as a hint, and the
+   hands in the crop (`hand_mask`: occluders inside the matte that are not the head).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from ..head import mediapipe_topology as mpt
 from .align import CropTransform, coverage, crop_transform, warp
 from .decode import decode_image
+from .hands import hand_mask
 from .landmarks import detect_landmarks, eye_centres, find_faces
 from .matte import foreground_matte
 
@@ -39,6 +41,8 @@ class PortraitInputs:
     #: (S, S) bool: crop pixels that come from the photo (False where the crop runs past its edge and is fill);
     #: the matte says nothing about the others
     photo: np.ndarray | None = None
+    #: (S, S) bool: hands (and what they hold) in the crop: inside the person's matte, but not the head
+    hands: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: decode, landmarks, align, matte
 
@@ -97,6 +101,7 @@ def understand_portrait(source: str | os.PathLike | bytes, *, size: int = 512, r
     alpha_crop = None if alpha is None else warp(alpha, transform, fill=0)
     valid = coverage(full.shape, transform)
     matte = foreground_matte(crop, alpha_crop, valid)
+    hands = hand_mask(crop)
     timings["matte"] = time.perf_counter() - t
     return PortraitInputs(crop=crop, matte=matte, landmarks=landmarks.astype(np.float32), transform=transform,
-                          photo=valid, warnings=notes, timings=timings)
+                          photo=valid, hands=hands, warnings=notes, timings=timings)

@@ -16,6 +16,11 @@ def _window(size: int, sigma: float, device, dtype) -> Tensor:
 
 def ssim(a: Tensor, b: Tensor, size: int = 11, sigma: float = 1.5) -> Tensor:
     """Mean SSIM of (B, C, H, W) images in [0, 1]."""
+    return ssim_map(a, b, size, sigma).mean()
+
+
+def ssim_map(a: Tensor, b: Tensor, size: int = 11, sigma: float = 1.5) -> Tensor:
+    """Per-pixel SSIM (B, C, H, W) of (B, C, H, W) images in [0, 1] (to average over a region)."""
     C = a.shape[1]
     w = _window(size, sigma, a.device, a.dtype).expand(C, 1, size, size)
     blur = lambda x: F.conv2d(x, w, padding=size // 2, groups=C)  # noqa: E731
@@ -24,8 +29,7 @@ def ssim(a: Tensor, b: Tensor, size: int = 11, sigma: float = 1.5) -> Tensor:
     var_b = blur(b * b) - mu_b**2
     cov = blur(a * b) - mu_a * mu_b
     c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return s.mean()
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
 
 
 def psnr(a: Tensor, b: Tensor) -> Tensor:
