@@ -10,12 +10,15 @@ created is removed again if it fails, so a failed create leaves no partial objec
 
 from __future__ import annotations
 
+import textwrap
+
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 from bpy.types import Operator, Panel
 
 from . import backend_ui
 from .backend_manager import MANAGER
+from .importer import PROP_WARNINGS
 from .job_runner import CreateFailed, JobRunner, Progress, create_avatar
 from .preferences import cache_dir, get_prefs
 from .properties import portrait_icon, settings
@@ -70,7 +73,11 @@ def _finish(progress: Progress, context=None) -> tuple[str, str]:
             STATE.last = Progress("failed", 0.0, "failed", error=f"import failed: {exc}")
             return "ERROR", STATE.last.error
         STATE.result_name = getattr(obj, "name", "")
-        STATE.last = Progress("done", 1.0, f"created {STATE.result_name}", bundle_path=progress.bundle_path)
+        warnings = tuple(str(obj.get(PROP_WARNINGS, "")).splitlines()) if obj is not None else ()
+        STATE.last = Progress("done", 1.0, f"created {STATE.result_name}", bundle_path=progress.bundle_path,
+                              warnings=warnings)
+        if warnings:
+            return "WARNING", f"Avatar created: {STATE.result_name}, with warnings: " + "; ".join(warnings)
         return "INFO", f"Avatar created: {STATE.result_name}"
     STATE.last = progress
     if progress.state == "cancelled":
@@ -205,6 +212,9 @@ class VIEW3D_PT_avatar_create(Panel):
                 layout.label(text=line, icon="ERROR")
         elif progress.state in ("done", "cancelled"):
             layout.label(text=progress.stage, icon="CHECKMARK" if progress.state == "done" else "CANCEL")
+            for warning in progress.warnings:
+                for line in textwrap.wrap(warning, 60)[:4]:
+                    layout.label(text=line, icon="ERROR")
 
 
 _CLASSES = (AVATAR_OT_create, AVATAR_OT_cancel, AVATAR_OT_report_message, VIEW3D_PT_avatar_create)

@@ -24,6 +24,7 @@ PROP_MODEL = "pointillist_model_id"
 PROP_SHAPE = "pointillist_identity_shape"
 PROP_POINTS = "pointillist_points"
 PROP_META = "pointillist_meta"
+PROP_WARNINGS = "pointillist_warnings"
 
 
 class _Created:
@@ -211,6 +212,9 @@ def _build(context, loaded: avatar_source.LoadedAvatar, created: _Created) -> bp
     arm[PROP_POINTS] = splats.count
     if loaded.meta:
         arm[PROP_META] = {k: v for k, v in loaded.meta.items() if isinstance(v, (int, float, str))}
+        warnings = loaded.meta.get("warnings")
+        if isinstance(warnings, list) and warnings:  # how `create` made it, when not as asked (a fallback)
+            arm[PROP_WARNINGS] = "\n".join(str(w) for w in warnings)  # ID properties hold no string lists
     _select_only(context, arm)
     return arm
 

@@ -37,6 +37,7 @@ class Progress:
     error: str = ""
     job_id: str = ""
     bundle_path: str = ""
+    warnings: tuple[str, ...] = ()  # a finished avatar's: how it differs from what was asked (a fallback)
 
     @property
     def active(self) -> bool:

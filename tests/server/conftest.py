@@ -27,25 +27,20 @@ WAIT_S = 600.0  # generous bound for jobs on a shared, loaded 2-core machine (ne
 
 
 def _tiny_generator(head, **ar_overrides):
-    import torch
-    from pointillist.model.config import MODEL_PRESETS, GeneratorConfig
-    from pointillist.model.generator import Generator
+    from ..generators import tiny_generator
 
-    torch.manual_seed(0)
-    base = GeneratorConfig().to_json()
-    for part, values in MODEL_PRESETS["tiny"].items():
-        base[part].update(values)
-    base["ar"].update(ar_overrides)
-    base["tokenizer"]["num_faces"] = head.num_faces
-    return Generator(GeneratorConfig.from_json(base))
+    return tiny_generator(head, **ar_overrides)
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, head) -> Path:
     from pointillist.model.checkpoint import save_generator
 
+    from ..generators import complete_by_fallback
+
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_generator(path, _tiny_generator(head), {"name": "tiny random"})
+    # its avatars are complete only through create's fallback to the fitted head's surface (tests/generators.py)
+    save_generator(path, complete_by_fallback(_tiny_generator(head)), {"name": "tiny, complete by fallback"})
     return path
 
 
@@ -95,7 +90,7 @@ def wall_png() -> bytes:
     return buffer.getvalue()
 
 
-FAST = {"max_points": 8, "refine_steps": 0}
+FAST = {"max_points": 700, "refine_steps": 0}  # tests/generators.py: FALLBACK_POINTS
 # an untrained model's points land all over the portrait: without carving it writes to its whole budget
 SLOW = {"max_points": 4096, "refine_steps": 0, "carve": False}
 

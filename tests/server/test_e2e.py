@@ -107,6 +107,26 @@ def test_e2e_upload_job_bundle_download(live_server, portrait_png, head):
     avatar = avatar_from_members(read_zip_members(zip_path), "download")
     validate_avatar(avatar, num_faces=head.num_faces, num_vertices=head.num_vertices)
     assert avatar.gaussians.num == listed[job["avatar_id"]]["gaussians"]
+    # the tiny model's avatar came from create's fallback (tests/generators.py): the job record, the avatar
+    # listing and the bundle all carry the same warning
+    assert any("fitted head's surface" in w for w in job["warnings"])
+    assert listed[job["avatar_id"]]["warnings"] == job["warnings"] == avatar.meta["warnings"]
+
+
+def test_e2e_an_avatar_no_try_completes_fails_the_job_and_publishes_nothing(tmp_path, portrait_png, head):
+    """A random tiny generator (half-transparent scattered points) makes nothing that passes the completeness
+    check: the job fails with its own code and the coverage in the message, and no avatar is listed."""
+    from pointillist.model.checkpoint import save_generator
+
+    from ..generators import tiny_generator
+
+    checkpoint = tmp_path / "scatter.safetensors"
+    save_generator(checkpoint, tiny_generator(head), {"name": "tiny random"})
+    with ServeProcess(tmp_path / "data", "--checkpoint", str(checkpoint)) as server:
+        job = server.wait(server.submit(portrait_png, {"max_points": 96, "refine_steps": 0}).json()["job_id"])
+        assert job["state"] == "failed" and job["error"]["code"] == "incomplete_avatar", job
+        assert "could not make a complete avatar" in job["error"]["message"] and job["avatar_id"] is None
+        assert server.client.get("/v1/avatars").json()["avatars"] == []
 
 
 def test_item14_e2e_cancel_a_running_job(live_server, portrait_png):

@@ -19,6 +19,8 @@ from pointillist.server.render_payload import (
     encode_render,
 )
 
+from .conftest import FAST
+
 pytestmark = pytest.mark.e2e
 
 SECONDS = 3.0
@@ -66,7 +68,7 @@ def test_bounded_load_on_health_and_render(live_server, portrait_png):
                     results[(kind, r.status_code)] += 1
 
     # a job in the queue meanwhile, so the worker is busy while the HTTP side is under load
-    job_id = live_server.submit(portrait_png, {"max_points": 8, "refine_steps": 0, "seed": 21}).json()["job_id"]
+    job_id = live_server.submit(portrait_png, {**FAST, "seed": 21}).json()["job_id"]
     threads = [threading.Thread(target=worker, args=(kind,)) for kind in
                ["health"] * HEALTH_CLIENTS + ["render"] * RENDER_CLIENTS]
     for t in threads:

@@ -63,7 +63,7 @@ class AvatarOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     quality: Literal["draft", "standard", "high"] | None = None
-    max_points: int | None = Field(None, ge=1, le=8192)
+    max_points: int | None = Field(None, ge=64, le=8192)  # fewer cannot make a complete head (CompletenessCheck)
     temperature: float | None = Field(None, ge=0, le=5)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0, le=1_000_000)
@@ -84,6 +84,8 @@ class JobView(BaseModel):
     cancel_requested: bool = False
     options: dict[str, Any] = {}
     queue_position: int | None = None
+    #: how a succeeded job's avatar differs from what was asked (e.g. made by a fallback); shown to the artist
+    warnings: list[str] = []
 
 
 class AvatarRecord(BaseModel):
@@ -94,6 +96,7 @@ class AvatarRecord(BaseModel):
     points: int | None = None
     bytes: int | None = None
     sha256: str | None = None
+    warnings: list[str] = []
 
 
 class AvatarList(BaseModel):

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from .jobs import JobCancelled, JobFailure, now
+from .jobs import JobCancelled, JobFailure, Published, now
 from .storage import DataDir, StorageError, new_id
 
 log = logging.getLogger("pointillist.server")
@@ -93,7 +93,7 @@ class AvatarRunner:
             cancelled: Callable[[], bool]) -> str:
         from ..avatar.gaussians import AvatarFormatError
         from ..model.image_encoder import CheckpointError
-        from ..pipeline import Cancelled, CreateError, CreateOptions, create_bundle
+        from ..pipeline import Cancelled, CreateError, CreateOptions, IncompleteAvatar, create_bundle
         from ..preprocess.decode import PortraitError
 
         if not self.ready.is_set():
@@ -123,11 +123,13 @@ class AvatarRunner:
                 self.storage.remove(self.storage.avatar_record(avatar_id))
                 raise
             progress("publish", 1.0)
-            return avatar_id
+            return Published(avatar_id, record["warnings"])
         except Cancelled:
             raise JobCancelled() from None
         except PortraitError as exc:
             raise JobFailure("bad_image", _clean(str(exc))) from None
+        except IncompleteAvatar as exc:
+            raise JobFailure("incomplete_avatar", _clean(str(exc))) from None
         except CreateError as exc:
             raise JobFailure("bad_options", _clean(str(exc))) from None
         except CheckpointError as exc:

@@ -43,6 +43,7 @@ CODES: dict[str, tuple[int, str]] = {
 JOB_ERROR_CODES = {
     "bad_image": "the portrait could not be used (decoding, no face, face too small or turned…)",
     "bad_options": "the options could not make an avatar with this model",
+    "incomplete_avatar": "no try made an avatar that covers the portrait's face and head; nothing was published",
     "model_error": "the generator checkpoint could not be loaded",
     "invalid_output": "the avatar produced failed validation and was not published",
     "out_of_memory": "the job ran out of memory",

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .errors import ApiError
 from .storage import DataDir, StorageError, new_id
@@ -37,7 +37,7 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 STAGE_WEIGHTS = (("understand", 0.05), ("fit", 0.08), ("encode", 0.02), ("generate", 0.55), ("decode", 0.02),
                  ("refine", 0.18), ("bundle", 0.07), ("publish", 0.03))
 PUBLIC_FIELDS = ("job_id", "state", "progress", "stage", "error", "avatar_id", "created_at", "updated_at",
-                 "cancel_requested", "options")
+                 "cancel_requested", "options", "warnings")
 
 
 class JobCancelled(Exception):
@@ -53,11 +53,18 @@ class JobFailure(Exception):
         self.message = message
 
 
+class Published(NamedTuple):
+    """What a succeeded job made."""
+
+    avatar_id: str
+    warnings: list[str]  # for the artist: how the avatar differs from what was asked
+
+
 class JobRunner(Protocol):
     def prepare(self) -> None: ...
 
     def run(self, job_id: str, image: bytes, options: dict, progress: Callable[[str, float], None],
-            cancelled: Callable[[], bool]) -> str: ...
+            cancelled: Callable[[], bool]) -> Published: ...
 
     def avatar_for_job(self, job_id: str) -> str | None: ...
 
@@ -180,7 +187,7 @@ class JobManager:
                 raise
             stamp = now()
             job = {"job_id": job_id, "state": QUEUED, "progress": 0.0, "stage": "queued", "error": None,
-                   "avatar_id": None, "created_at": stamp, "updated_at": stamp, "cancel_requested": False,
+                   "avatar_id": None, "warnings": [], "created_at": stamp, "updated_at": stamp, "cancel_requested": False,
                    "options": options, "idempotency_key": idempotency_key, "fingerprint": fp}
             self._save(job)
             self._jobs[job_id] = job
@@ -275,7 +282,7 @@ class JobManager:
 
         try:
             image = self.storage.read_bytes(self.storage.upload(job_id), 1 << 31)
-            avatar_id = self.runner.run(job_id, image, dict(job["options"]), progress, flag.is_set)
+            published = self.runner.run(job_id, image, dict(job["options"]), progress, flag.is_set)
         except JobCancelled:
             with self._cond:
                 if job["cancel_requested"]:
@@ -303,9 +310,10 @@ class JobManager:
                                                  "message": "an unexpected error; details are in the server log"})
             return
         with self._cond:
-            job["avatar_id"] = avatar_id
+            job["avatar_id"], job["warnings"] = published.avatar_id, list(published.warnings)
             self._finish(job, SUCCEEDED)
-        log.info("job %s succeeded in %.1f s: avatar %s", job_id, time.perf_counter() - started, avatar_id)
+        log.info("job %s succeeded in %.1f s: avatar %s%s", job_id, time.perf_counter() - started, published.avatar_id,
+                 "".join(f"; warning: {w}" for w in published.warnings))
 
     # ---------------------------------------------------------------------------- helpers (lock held)
     def _existing(self, key: str | None, fp: str) -> dict | None:
