@@ -32,16 +32,22 @@ def tiny_generator(head, **ar_overrides):
 
 def complete_by_fallback(model):
     """`model`, shaped in place: one point then END per sampled try, opaque Gaussians (see module doc)."""
-    from pointillist.model.gaussian_decoder import OUT_PER_GAUSSIAN
-
     ar, end = model.ar, model.tokenizer.end
     with torch.no_grad():
         direction = torch.nn.functional.normalize(torch.randn(ar.config.dim), dim=0) * 5
         ar.norm.weight.zero_()  # every hidden state is `direction`
         ar.norm.bias.copy_(direction)
         ar.tok_emb.weight[end] = 10 * direction  # so END outscores every other token
+    return opaque_gaussians(model)
+
+
+def opaque_gaussians(model):
+    """`model`, shaped in place: every Gaussian its decoder makes has opacity sigmoid(4) = 0.98."""
+    from pointillist.model.gaussian_decoder import OUT_PER_GAUSSIAN
+
+    with torch.no_grad():
         out = model.decoder.out
         opacity = torch.arange(model.config.decoder.gaussians_per_point) * OUT_PER_GAUSSIAN + 10
         out.weight[opacity] = 0
-        out.bias[opacity] = 4.0  # sigmoid(4) = 0.98
+        out.bias[opacity] = 4.0
     return model

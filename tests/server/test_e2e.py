@@ -122,11 +122,14 @@ def test_e2e_an_avatar_no_try_completes_fails_the_job_and_publishes_nothing(tmp_
 
     checkpoint = tmp_path / "scatter.safetensors"
     save_generator(checkpoint, tiny_generator(head), {"name": "tiny random"})
-    with ServeProcess(tmp_path / "data", "--checkpoint", str(checkpoint)) as server:
+    server = ServeProcess(tmp_path / "data", "--checkpoint", str(checkpoint))
+    try:
         job = server.wait(server.submit(portrait_png, {"max_points": 96, "refine_steps": 0}).json()["job_id"])
         assert job["state"] == "failed" and job["error"]["code"] == "incomplete_avatar", job
         assert "could not make a complete avatar" in job["error"]["message"] and job["avatar_id"] is None
         assert server.client.get("/v1/avatars").json()["avatars"] == []
+    finally:
+        assert server.stop() == 0
 
 
 def test_item14_e2e_cancel_a_running_job(live_server, portrait_png):

@@ -228,7 +228,7 @@ def test_item19_health_is_open_and_ready_reports_the_model(fast_app):
     ready = fast_app.request("GET", "/v1/ready")
     assert ready.status_code == 200
     body = ready.json()
-    assert body["ready"] and body["model"]["name"] == "tiny random" and body["queue"]["worker_alive"]
+    assert body["ready"] and body["model"]["name"] == "tiny, complete by fallback" and body["queue"]["worker_alive"]
 
 
 def test_item19_ready_is_503_when_the_model_cannot_load(tmp_path, tiny_checkpoint, wall_png):

@@ -42,8 +42,10 @@ class AvatarStore:
             record = self.storage.read_json(self.storage.avatar_record(avatar_id))
         except (StorageError, OSError):
             return None
-        return {k: record.get(k) for k in ("avatar_id", "job_id", "created_at", "gaussians", "points", "bytes",
-                                           "sha256")} if record.get("avatar_id") == avatar_id else None
+        if record.get("avatar_id") != avatar_id:
+            return None
+        fields = {k: record.get(k) for k in ("avatar_id", "job_id", "created_at", "gaussians", "points", "bytes", "sha256")}
+        return {**fields, "warnings": [str(w) for w in record.get("warnings") or []]}
 
     def bundle_bytes(self, avatar_id: str) -> bytes | None:
         try:
