@@ -9,6 +9,8 @@ plumbing (jobs, bundles, the add-on) get a real, complete avatar from the real c
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 #: enough points for the fitted head's surface at the training targets' spacing (≈ 610 points)
@@ -42,12 +44,17 @@ def complete_by_fallback(model):
 
 
 def opaque_gaussians(model):
-    """`model`, shaped in place: every Gaussian its decoder makes has opacity sigmoid(4) = 0.98."""
+    """`model`, shaped in place: every Gaussian its decoder makes has opacity sigmoid(4) = 0.98 and twice the
+    decoder's base size (so the fitted head's surface also covers hair that lies close to the scalp, as in
+    the astronaut portrait)."""
     from pointillist.model.gaussian_decoder import OUT_PER_GAUSSIAN
 
     with torch.no_grad():
         out = model.decoder.out
-        opacity = torch.arange(model.config.decoder.gaussians_per_point) * OUT_PER_GAUSSIAN + 10
+        first = torch.arange(model.config.decoder.gaussians_per_point) * OUT_PER_GAUSSIAN
+        opacity, scales = first + 10, (first[:, None] + torch.arange(3, 6)).reshape(-1)
         out.weight[opacity] = 0
         out.bias[opacity] = 4.0
+        out.weight[scales] = 0
+        out.bias[scales] = math.log(2.0)
     return model
