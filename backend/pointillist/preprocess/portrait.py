@@ -10,7 +10,8 @@
    seven versions of the astronaut (0.75×, 1×, 1.5×, 2.5×, shifted, rolled 10° and −20°), mapped back to
    her own pixels: the refined landmarks lie 0.10 px (mean) from their consensus, the mapped first
    detection 0.64 px; it costs one more mesh run (~10 ms) and one more warp.
-5. `foreground_matte` on the crop, with the photo's own alpha (warped the same way) as a hint, and the
+5. `person_at_face`: a human body (BlazePose) at the meshed face, or "no human face found" (animals mesh too).
+6. `foreground_matte` on the crop, with the photo's own alpha (warped the same way) as a hint, and the
    hands in the crop (`hand_mask`: occluders inside the matte that are not the head).
 """
 
@@ -24,10 +25,11 @@ import numpy as np
 
 from ..head import mediapipe_topology as mpt
 from .align import CropTransform, coverage, crop_transform, warp
-from .decode import decode_image
+from .decode import PortraitError, decode_image
 from .hands import hand_mask
 from .landmarks import detect_landmarks, eye_centres, find_faces
 from .matte import foreground_matte
+from .person import person_at_face
 
 REFINE_MAX_IOD = 0.15  # crop re-detection is kept when its mean distance to the first is under 15 % IOD
 
@@ -60,8 +62,10 @@ def refine_in_crop(crop: np.ndarray, mapped: np.ndarray) -> np.ndarray | None:
     return found[best] if errors[best] < REFINE_MAX_IOD * iod else None
 
 
-def understand_portrait(source: str | os.PathLike | bytes, *, size: int = 512, refine: bool = True) -> PortraitInputs:
-    """Portrait file → aligned crop, matte, crop-space landmarks and the original → crop transform."""
+def understand_portrait(source: str | os.PathLike | bytes, *, size: int = 512, refine: bool = True,
+                        require_person: bool = True) -> PortraitInputs:
+    """Portrait file → aligned crop, matte, crop-space landmarks and the original → crop transform.
+    `require_person`: refuse a face that is not a person's (`person_at_face`)."""
     timings: dict[str, float] = {}
     t = time.perf_counter()
     image = decode_image(source)
@@ -95,6 +99,12 @@ def understand_portrait(source: str | os.PathLike | bytes, *, size: int = 512, r
             landmarks = relevel.apply_landmarks(refined)
             crop = warp(full, transform)
             timings["align"] += time.perf_counter() - t
+
+    t = time.perf_counter()
+    if require_person and not person_at_face(full, transform, landmarks):
+        raise PortraitError("no human face found: the face in this picture does not look like a person's (no human "
+                            "head and shoulders around it; an animal?); use a photo of a person")
+    timings["person"] = time.perf_counter() - t
 
     t = time.perf_counter()
     alpha = image.full_alpha
