@@ -40,6 +40,7 @@ HINTS = {
     "forbidden_host": "the backend refused this host name: start it with --allowed-host NAME",
     "bad_image": "the portrait cannot be used",
     "bad_options": "the creation options are invalid",
+    "incomplete_avatar": "no complete avatar could be made from this portrait",
     "queue_full": "the backend is busy: try again in a few seconds",
     "not_ready": "the backend is still starting",
     "payload_too_large": "the portrait file is too large",
