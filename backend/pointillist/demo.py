@@ -139,7 +139,9 @@ def stage_create(ctx: DemoContext) -> None:
     from .preview import ViewSpec, save_gif, save_png, turntable_frames
 
     out = ctx.out / "create"
-    options = CreateOptions(quality="draft", max_points=256, refine_steps=4) if ctx.quick else CreateOptions()
+    # draft's full budget: the generator writes from the neck up, so a few hundred points end at the chin and
+    # `create` (rightly) refuses what they make
+    options = CreateOptions(quality="draft", refine_steps=4) if ctx.quick else CreateOptions()
     summary = create_bundle(ctx.out / "portrait.jpg", out / "astronaut", options, overwrite=True, head=ctx.head)
     avatar = read_bundle(out / "astronaut")
     save_png(comparison_sheet(avatar, ctx.head, tile=192 if ctx.quick else 320), out / "compare.png")

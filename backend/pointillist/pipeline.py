@@ -287,10 +287,13 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
             raise Cancelled("cancelled while generating points")
     avatar, num_points, cover, failures, how = best
     if failures:
+        preset = QUALITY[options.quality][0]
+        budget = (f" or a point budget nearer the preset's {preset} (this run allowed {options.budget})"
+                  if options.budget < preset else "")
         raise IncompleteAvatar(
             f"could not make a complete avatar of this portrait: the best of {len(attempts)} tries ({how}) fails "
             f"its completeness check at the portrait camera: {'; '.join(failures)}. Use a sharper, well-lit photo "
-            f"with the whole head in view and the face turned less than {MAX_YAW_DEG:.0f}° from the camera")
+            f"with the whole head in view and the face turned less than {MAX_YAW_DEG:.0f}° from the camera{budget}")
     if len(attempts) > 1:
         first = attempts[0]
         warnings.append(f"the first sampled points did not make a complete avatar ({'; '.join(first['failures'])}); "
