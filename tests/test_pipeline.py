@@ -178,3 +178,45 @@ def test_every_try_is_recorded_in_order_until_one_passes(tiny_checkpoint, portra
     # without carving asked for, there is no carving-free retry
     result = create_avatar(portrait, CreateOptions(**{**options.__dict__, "carve": False}), head=head)
     assert len(result.avatar.meta["completeness"]["attempts"]) == 3
+
+
+@pytest.fixture(scope="module")
+def tight_portrait(tmp_path_factory, head):
+    """A head shot cut by the frame just under the chin, as press photos and face crops are: the aligned crop
+    runs past the photo's lower edge, and the neck the generator writes first lies over the crop's grey fill."""
+    avatar = make_procedural_avatar(11, head, hair_style="short")
+    image = render_frame(AvatarAnimator(avatar, head), FaceControls(), ViewSpec(yaw_deg=8, width=512, height=512, radius=0.55))
+    path = tmp_path_factory.mktemp("tight") / "tight.png"
+    Image.fromarray(image[60:400, 60:452]).save(path)  # the crown and everything under the chin cut off
+    return path
+
+
+def test_the_neck_of_a_head_cut_by_the_frame_is_not_carved_away(tight_portrait, head):
+    """The real-photo failure, reproduced: judged against the crop's fill, the fitted neck lands off the matte;
+    judged only where the photo speaks, it is kept."""
+    import torch
+    from pointillist.head.fit import fit_head
+    from pointillist.model.portrait_probe import PortraitView
+    from pointillist.model.silhouette import SilhouetteCarver
+    from pointillist.model.template_points import template_points
+    from pointillist.preprocess.portrait import understand_portrait
+
+    inputs = understand_portrait(tight_portrait)
+    assert not inputs.photo[-1].any() and inputs.photo[200:300, 200:300].all()  # the crop's bottom rows are fill
+    fit = fit_head(inputs.landmarks, head, 512, 512)
+    view = PortraitView.from_arrays(inputs.crop, fit.K, fit.viewmat, fit.shape, fit.pose, inputs.matte)
+    points, triangles = template_points(head, fit.shape)
+    neck = points[:, 1] < np.quantile(points[:, 1], 0.1)  # the lowest tenth: what the y-z-x order writes first
+    with torch.no_grad():
+        blind = SilhouetteCarver(view, head).keep(points[neck], triangles[neck])
+        aware = SilhouetteCarver(view, head, photo=inputs.photo).keep(points[neck], triangles[neck])
+    assert blind.mean() < 0.5 and aware.mean() > 0.9
+
+
+@pytest.mark.slow
+def test_the_shipped_generator_makes_a_whole_head_of_a_head_cut_by_the_frame(tight_portrait, head):
+    """With the shipped generator: complete on the first try (before the fix: 24 points under the chin)."""
+    result = create_avatar(tight_portrait, CreateOptions(quality="draft"), head=head)
+    tries = result.avatar.meta["completeness"]["attempts"]
+    assert len(tries) == 1 and result.avatar.meta["points_from"] == "generator", tries
+    assert result.points > 400 and result.coverage.face >= 0.95 and result.coverage.head >= 0.75
