@@ -51,7 +51,7 @@ def test_astronaut_chain(astro_inputs, astro_landmarks):
     inputs = astro_inputs
     assert_upright_and_centred(inputs, level_px=0.5)
     assert inputs.warnings == []
-    assert set(inputs.timings) == {"decode", "landmarks", "align", "matte"}
+    assert set(inputs.timings) == {"decode", "landmarks", "align", "person", "matte"}
     assert all(v >= 0 for v in inputs.timings.values())
     # the hair is inside the crop: nothing of the person touches the top edge
     assert inputs.matte[:4].max() < 60
