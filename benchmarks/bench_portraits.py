@@ -212,6 +212,8 @@ def main() -> None:
     parser.add_argument("--checkpoint")
     parser.add_argument("--no-carve", dest="carve", action="store_false")
     parser.add_argument("--limit", type=int, help="at most this many images (a quick look)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the table and sheet of the images results.json already holds; run nothing")
     args = parser.parse_args()
     options = CreateOptions(quality=args.quality, seed=args.seed, max_points=args.max_points,
                             refine_steps=args.refine_steps, checkpoint=args.checkpoint, carve=args.carve)
@@ -227,8 +229,10 @@ def main() -> None:
         if saved.get("options") == key:
             done = {r["image"]: r for r in saved["records"]}
     head = HeadModel.load()
-    meter = IdentityMeter()
+    meter = None if args.report_only else IdentityMeter()
     paths = images_in(args.folders)[: args.limit]
+    if args.report_only:
+        paths = [p for p in paths if str(p) in done]
     records = []
     for i, path in enumerate(paths):
         record = done.get(str(path))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .assets import asset_path
 from .avatar.binding import closest_point_barycentrics
 from .avatar.gaussians import Avatar, Binding, Gaussians, HeadIdentity, SourceInfo
-from .completeness import CompletenessCheck, Coverage, PortraitRegions, coverage
+from .completeness import COVERED_ALPHA, CompletenessCheck, Coverage, PortraitRegions, coverage
 from .head.model import HeadModel
 
 if TYPE_CHECKING:
@@ -161,6 +161,7 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
     from .model.sampling import Cancelled as SamplingCancelled
     from .model.sampling import SamplingOptions, generate
     from .model.silhouette import SilhouetteCarver
+    from .model.silhouette_fill import fill_points
     from .model.teacher_forcing import teacher_forced_hidden
     from .model.template_points import template_points
     from .preprocess.landmarks import MAX_YAW_DEG
@@ -240,22 +241,40 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
                       identity=HeadIdentity(model_id=head.model_id, shape=fit.shape.astype(np.float32)),
                       source=source, meta={**meta, **extra})
 
-    def judged(avatar: Avatar, points: int) -> tuple[Coverage, list[str]]:
+    def judged(avatar: Avatar, points: int) -> tuple[Coverage, list[str]]:  # after refinement
         cover = coverage(render_portrait_camera(avatar, head, CHECK_SIZE)[1], regions)
         return cover, check.failures(cover, points)
 
+    def teacher_forced(points: np.ndarray, binding: np.ndarray) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+        """Points we chose (not sampled), as the tokenizer orders them, with the transformer's hidden states."""
+        enc = model.tokenizer.encode(points, binding)
+        with torch.no_grad():
+            return enc.points, teacher_forced_hidden(model, enc.tokens, cond), enc.binding
+
     warnings, attempts, best, decode_seconds = list(inputs.warnings), [], None, 0.0
+    sampled_best = None  # (points, binding, coverage, alpha) of the sampled try that covers the most face
     for how, carve, seed in _attempts(options):
         t = time.perf_counter()
-        if carve is None:  # the fitted head's own surface, teacher-forced through the transformer
+        if carve == "fill":  # the best sampled points + the photo's uncovered head and hair
+            if sampled_best is None or sampled_best[2].face < check.face:
+                continue  # filling hair around a face the points missed would not make a head
+            base_points, base_binding, _, alpha = sampled_best
+            extra_points, extra_binding = fill_points(seen, head, regions.head & (alpha < COVERED_ALPHA))
+            if not len(extra_points):
+                continue
+            if len(extra_points) > options.budget:  # the budget bounds what is sampled and, apart, what is filled
+                pick = np.linspace(0, len(extra_points) - 1, options.budget).round().astype(np.int64)
+                extra_points, extra_binding = extra_points[pick], extra_binding[pick]
+            points, hidden, binding = teacher_forced(np.concatenate([base_points, extra_points]),
+                                                     np.concatenate([base_binding, extra_binding]))
+            extra = {"points_from": "generator+silhouette_fill", "generated_points": int(len(base_points)),
+                     "fill_points": int(len(extra_points)), "ended_by_model": False, "carved_points": 0}
+        elif carve is None:  # the fitted head's own surface, teacher-forced through the transformer
             points, binding = template_points(head, fit.shape, TEMPLATE_VOXEL_M)
             if len(points) > options.budget:  # evenly over the head, not its lowest part
                 pick = np.linspace(0, len(points) - 1, options.budget).round().astype(np.int64)
                 points, binding = points[pick], binding[pick]
-            enc = model.tokenizer.encode(points, binding)
-            points, binding = enc.points, enc.binding
-            with torch.no_grad():
-                hidden = teacher_forced_hidden(model, enc.tokens, cond)
+            points, hidden, binding = teacher_forced(points, binding)
             extra = {"points_from": "template", "generated_points": 0, "ended_by_model": False, "carved_points": 0}
         else:
             sampling = SamplingOptions(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
@@ -273,8 +292,12 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
         if len(binding):
             t_decode = time.perf_counter()
             avatar = decoded(points, hidden, binding, extra)
-            cover, failures = judged(avatar, len(binding))
+            alpha = render_portrait_camera(avatar, head, CHECK_SIZE)[1]
+            cover = coverage(alpha, regions)
+            failures = check.failures(cover, len(binding))
             decode_seconds += time.perf_counter() - t_decode
+            if extra["points_from"] == "generator" and (sampled_best is None or cover.face > sampled_best[2].face):
+                sampled_best = (points, binding, cover, alpha)
         else:
             avatar, cover, failures = None, Coverage(0.0, 0.0), ["no points at all"]
         attempts.append({"points": how, "seconds": round(time.perf_counter() - t, 3), "coverage": cover.to_json(),
@@ -298,8 +321,9 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
         first = attempts[0]
         warnings.append(f"the first sampled points did not make a complete avatar ({'; '.join(first['failures'])}); "
                         f"this avatar's points were {how}"
-                        + (" (the generator's points failed every try): hair beyond the scalp is missing"
-                           if avatar.meta["points_from"] == "template" else ""))
+                        + {"template": " (the generator's points failed every try): hair beyond the scalp is missing",
+                           "generator+silhouette_fill": ": the hair the generator left out is filled from the photo's "
+                           "outline as a flat sheet, which turned views show"}.get(avatar.meta["points_from"], ""))
     avatar.meta.update({"completeness": {"coverage": cover.to_json(), "attempts": attempts}, "warnings": warnings})
     done("generate")
     seconds["generate"] -= decode_seconds  # each try's decoding and check were timed apart
@@ -323,14 +347,18 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
                         warnings=warnings, fit_error_iod=fit.error_iod, coverage=cover, inputs=inputs)
 
 
-def _attempts(options: CreateOptions) -> list[tuple[str, bool | None, int]]:
-    """(how the points are made, carve (None: the fitted head's surface), seed), tried in order until one
+def _attempts(options: CreateOptions) -> list[tuple[str, bool | str | None, int]]:
+    """(how the points are made, carve ("fill": the best sampled try's points plus the photo's uncovered head
+    and hair, `model/silhouette_fill.py`; None: the fitted head's surface), seed), tried in order until one
     passes the completeness check: as asked; without carving (the check that failed may be the matte's);
-    another seed (a first point or an early run the sequence cannot undo); the fitted head's surface."""
+    another seed (a first point or an early run the sequence cannot undo); the best sampled points with the
+    hair they left out filled from the photo's silhouette (long hair written short); the fitted head's
+    surface (points that missed the face)."""
     plan = [("sampled by the generator", options.carve, options.seed)]
     if options.carve:
         plan.append(("sampled again without silhouette carving", False, options.seed))
     plan.append((f"sampled again with seed {options.seed + 1}", options.carve, options.seed + 1))
+    plan.append(("the generator's points with the photo's silhouette filled", "fill", options.seed))
     plan.append(("the fitted head's surface, decoded by the generator", None, options.seed))
     return plan
 

@@ -126,3 +126,27 @@ def test_pixels_past_the_photos_edge_never_refuse_a_point(head):
     assert not SilhouetteCarver(_view(head, matte), head, dilate_fraction=0.0).keep(below, [0])[0]
     with pytest.raises(ValueError, match="photo mask"):
         SilhouetteCarver(_view(head, matte), head, photo=photo[:10])
+
+
+@pytest.mark.parametrize("posed", [False, True])
+def test_silhouette_fill_puts_points_where_the_mask_is_and_they_pose_back_there(head, posed):
+    """Points filled into an uncovered patch of the portrait, carried to rest through their triangles, land
+    back in that patch when posed like the photo; one per spacing, on skin triangles."""
+    from pointillist.model.silhouette_fill import fill_points
+
+    pose = np.zeros((5, 3), np.float32)
+    if posed:
+        pose[0, 2], pose[1, 0] = 0.3, 0.2
+    view = _view(head, _disk(10), pose)
+    patch = np.zeros((SIZE, SIZE), bool)
+    patch[20:30, 40:52] = True  # beside the head, where long hair would be
+    points, triangles = fill_points(view, head, patch, spacing_m=0.02)
+    assert len(points) == len(triangles) > 6
+    skin = ~(head.data.part_mask("mouth_cavity") | head.data.part_mask("left_eyeball"))
+    assert skin[triangles].all()
+    at = posed_points(torch.as_tensor(points), torch.as_tensor(triangles), view, head).numpy()
+    viewmat, K = _camera()
+    cam = at @ viewmat[:3, :3].T + viewmat[:3, 3]
+    u, v = K[0, 0] * cam[:, 0] / cam[:, 2] + K[0, 2], K[1, 1] * cam[:, 1] / cam[:, 2] + K[1, 2]
+    assert patch[v.astype(int), u.astype(int)].all()
+    assert fill_points(view, head, np.zeros((SIZE, SIZE), bool))[0].shape == (0, 3)
