@@ -241,9 +241,11 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
                       identity=HeadIdentity(model_id=head.model_id, shape=fit.shape.astype(np.float32)),
                       source=source, meta={**meta, **extra})
 
-    def judged(avatar: Avatar, points: int) -> tuple[Coverage, list[str]]:  # after refinement
-        cover = coverage(render_portrait_camera(avatar, head, CHECK_SIZE)[1], regions)
-        return cover, check.failures(cover, points)
+    def judged(avatar: Avatar, points: int) -> tuple[np.ndarray, Coverage, list[str]]:
+        """(alpha at the portrait camera, what it covers, what falls short of `check`)."""
+        alpha = render_portrait_camera(avatar, head, CHECK_SIZE)[1]
+        cover = coverage(alpha, regions)
+        return alpha, cover, check.failures(cover, points)
 
     def teacher_forced(points: np.ndarray, binding: np.ndarray) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
         """Points we chose (not sampled), as the tokenizer orders them, with the transformer's hidden states."""
@@ -292,9 +294,7 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
         if len(binding):
             t_decode = time.perf_counter()
             avatar = decoded(points, hidden, binding, extra)
-            alpha = render_portrait_camera(avatar, head, CHECK_SIZE)[1]
-            cover = coverage(alpha, regions)
-            failures = check.failures(cover, len(binding))
+            alpha, cover, failures = judged(avatar, len(binding))
             decode_seconds += time.perf_counter() - t_decode
             if extra["points_from"] == "generator" and (sampled_best is None or cover.face > sampled_best[2].face):
                 sampled_best = (points, binding, cover, alpha)
@@ -335,7 +335,7 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
         from .refine import refine_avatar
 
         refined = refine_avatar(avatar, head, options.steps, progress=lambda f: report("refine", f), cancelled=check_cancel)
-        refined_cover, refined_failures = judged(refined, num_points)
+        _, refined_cover, refined_failures = judged(refined, num_points)
         if refined_failures:  # keep what passed rather than ship what does not
             warnings.append(f"photometric refinement left the avatar incomplete ({'; '.join(refined_failures)}); "
                             f"the avatar is returned unrefined")
