@@ -147,7 +147,7 @@ def test_fit_bad_portraits_exit_2_and_write_nothing(tmp_path):
     (tmp_path / "notes.jpg").write_text("not a photo")
     noise = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "noise.png")
-    for name, message in (("notes.jpg", "not an image"), ("noise.png", "no face found"), ("missing.png", "not found")):
+    for name, message in (("notes.jpg", "not an image"), ("noise.png", "no human face found"), ("missing.png", "not found")):
         out = tmp_path / f"out-{name}"
         assert_user_error(run("fit", str(tmp_path / name), "-o", str(out)), message)
         assert not out.exists() or not any(out.iterdir())

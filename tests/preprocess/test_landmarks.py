@@ -52,7 +52,7 @@ def test_no_face(kind):
     image = {"noise": lambda: rng.integers(0, 255, (300, 400, 3), dtype=np.uint8),
              "gradient": lambda: np.broadcast_to(np.linspace(0, 255, 400, dtype=np.uint8)[None, :, None], (300, 400, 3)).copy(),
              "flat": lambda: np.full((300, 400, 3), 128, np.uint8)}[kind]()
-    with pytest.raises(PortraitError, match="no face found; use a photo where the face is clearly visible"):
+    with pytest.raises(PortraitError, match="no human face found: no face was detected; use a photo where the face is clearly visible"):
         detect_landmarks(image)
 
 
@@ -202,8 +202,8 @@ def test_detected_but_unmeshable_face_is_named(monkeypatch):
     image = np.full((300, 300, 3), 128, np.uint8)
     for boxes, message in (([(10.0, 10.0, 40.0, 40.0, 0.9)], "the face is too small: only about 30 px tall"),
                            ([(10.0, 10.0, 210.0, 210.0, 0.9)], "a face was detected but its landmarks could not be found"),
-                           ([(10.0, 10.0, 40.0, 40.0, 0.6)], "no face found"),
-                           ([(10.0, 10.0, 18.0, 18.0, 0.95)], "no face found")):
+                           ([(10.0, 10.0, 40.0, 40.0, 0.6)], "no human face found"),
+                           ([(10.0, 10.0, 18.0, 18.0, 0.95)], "no human face found")):
         monkeypatch.setattr(landmarks, "_find_faces_retrying", lambda rgb, b=boxes: ([], len(b), b, []))
         with pytest.raises(PortraitError, match=message):
             detect_landmarks(image)

@@ -150,7 +150,7 @@ def test_errors_come_through_the_chain(astro, tmp_path):
     cases = [
         (b"", "empty"),
         (b"hello", "not an image"),
-        (encode(np.random.default_rng(1).integers(0, 255, (200, 300, 3), dtype=np.uint8), "PNG"), "no face found"),
+        (encode(np.random.default_rng(1).integers(0, 255, (200, 300, 3), dtype=np.uint8), "PNG"), "no human face found"),
         (encode(on_canvas(resized(astro, (90, 90)), (400, 400), (150, 150)), "PNG"), "the face is too small"),
     ]
     for data, message in cases:

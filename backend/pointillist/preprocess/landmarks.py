@@ -331,7 +331,7 @@ def detect_landmarks(rgb: np.ndarray, *, scale: float = 1.0, check: bool = True)
                                     f"higher-resolution photo")
             raise PortraitError("a face was detected but its landmarks could not be found; use a sharper, "
                                 "better lit, more frontal photo")
-        raise PortraitError("no face found; use a photo where the face is clearly visible, "
+        raise PortraitError("no human face found: no face was detected; use a photo where the face is clearly visible, "
                             "lit, upright and not covered")
     pts = found[0]
     if num_faces > 1:
