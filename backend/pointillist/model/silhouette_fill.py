@@ -20,7 +20,7 @@ from scipy.spatial import cKDTree
 
 from ..head.model import HeadModel
 from .portrait_probe import PortraitView, triangle_transforms
-from .template_points import INTERIOR_PARTS
+from .template_points import skin_faces
 
 EYE_PARTS = ("left_eyeball", "right_eyeball")
 
@@ -37,11 +37,7 @@ def fill_points(view: PortraitView, head: HeadModel, uncovered: np.ndarray,
     with torch.no_grad():
         face_T = triangle_transforms(view, head).double().cpu().numpy()  # (F, 4, 4) rest -> posed
         rest = head.identity_vertices(view.shape.to(head.v_template.device)[None])[0].double().cpu().numpy()
-    skin = np.ones(data.num_faces, dtype=bool)
-    for name in INTERIOR_PARTS + EYE_PARTS:
-        if data.face_parts is not None and name in data.part_names:
-            skin &= ~data.part_mask(name)
-    faces = np.flatnonzero(skin)
+    faces = skin_faces(head, also_exclude=EYE_PARTS)
     centroids = rest[data.faces[faces]].mean(1)
     posed = np.einsum("fij,fj->fi", face_T[faces, :3, :3], centroids) + face_T[faces, :3, 3]
     viewmat = view.viewmat.double().numpy()

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..head import mediapipe_topology as mpt
-from .align import CropTransform, warp
+from .align import CropTransform
 from .landmarks import _lock, eye_centres, native_stderr_silenced
 
 #: the whole photo is looked at with at most this many pixels on its long side
@@ -43,9 +43,9 @@ def _pose_nose(rgb: np.ndarray) -> np.ndarray | None:
     return np.array([nose.x * w, nose.y * h])
 
 
-def person_at_face(photo: np.ndarray, transform: CropTransform, landmarks: np.ndarray) -> bool:
-    """True when a human body is found at the face: `photo` (H, W, 3) uint8, `transform` photo -> aligned crop,
-    `landmarks` (478, 2+) in crop pixels."""
+def person_at_face(photo: np.ndarray, crop: np.ndarray, transform: CropTransform, landmarks: np.ndarray) -> bool:
+    """True when a human body is found at the face: `photo` (H, W, 3) uint8, `crop` the aligned crop
+    `transform` maps it to, `landmarks` (478, 2+) in crop pixels."""
     left, right = eye_centres(landmarks)
     iod = max(float(np.linalg.norm(left - right)), 1.0)
     nose = np.asarray(landmarks[mpt.NOSE_TIP, :2], dtype=np.float64)
@@ -56,9 +56,9 @@ def person_at_face(photo: np.ndarray, transform: CropTransform, landmarks: np.nd
                                       Image.LANCZOS))
     to_whole = transform.inverse()
     windows = ((whole, to_whole.apply(nose[None])[0] * shrink, iod / transform.scale * shrink),
-               (None, nose, iod))
+               (crop, nose, iod))
     for image, expected, scale_iod in windows:
-        found = _pose_nose(warp(photo, transform) if image is None else image)
+        found = _pose_nose(image)
         if found is not None and np.linalg.norm(found - expected) <= NOSE_TOLERANCE_IOD * scale_iod:
             return True
     return False

@@ -101,7 +101,7 @@ def understand_portrait(source: str | os.PathLike | bytes, *, size: int = 512, r
             timings["align"] += time.perf_counter() - t
 
     t = time.perf_counter()
-    if require_person and not person_at_face(full, transform, landmarks):
+    if require_person and not person_at_face(full, crop, transform, landmarks):
         raise PortraitError("no human face found: the face in this picture does not look like a person's (no human "
                             "head and shoulders around it; an animal?); use a photo of a person")
     timings["person"] = time.perf_counter() - t

@@ -72,6 +72,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..atomic import atomic_write
+from ..model.template_points import voxel_subsample  # noqa: F401 (the AR targets' rule; re-exported)
 
 FORMAT = "pointillist-synth-dataset"
 FORMAT_VERSION = 1
@@ -308,31 +309,6 @@ class SubjectRecord:
 
 
 # ---------------------------------------------------------------------------------------------- geometry
-def voxel_subsample(means: np.ndarray, opacity_logits: np.ndarray, binding: np.ndarray, voxel: float,
-                    min_opacity: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """AR targets: (points (P, 3) float32, binding (P,) int32, Gaussian index (P,) int64).
-
-    Over Gaussians with sigmoid(logit) >= ``min_opacity``: per occupied cell of a grid of edge ``voxel``
-    anchored at the origin, the Gaussian nearest the mean of the cell's Gaussians (lowest index on a
-    tie). Sorted by cell (y, z, x). Deterministic.
-    """
-    logits = np.asarray(opacity_logits, dtype=np.float64)
-    keep = np.flatnonzero(1.0 / (1.0 + np.exp(-logits)) >= min_opacity)
-    if len(keep) == 0:
-        return np.zeros((0, 3), np.float32), np.zeros(0, np.int32), np.zeros(0, np.int64)
-    pos = np.asarray(means, dtype=np.float64)[keep]
-    cells = np.floor(pos / voxel).astype(np.int64)[:, [1, 2, 0]]  # (y, z, x): np.unique sorts rows lexicographically
-    _, inverse = np.unique(cells, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    counts = np.bincount(inverse)
-    centroid = np.stack([np.bincount(inverse, weights=pos[:, k]) for k in range(3)], 1) / counts[:, None]
-    dist = ((pos - centroid[inverse]) ** 2).sum(1)
-    order = np.lexsort((np.arange(len(pos)), dist, inverse))
-    first = order[np.r_[True, inverse[order][1:] != inverse[order][:-1]]]  # one per cell, cells ascending
-    index = keep[first]
-    return (np.asarray(means, dtype=np.float32)[index], np.asarray(binding)[index].astype(np.int32), index.astype(np.int64))
-
-
 def subject_landmarks(head, shape: np.ndarray) -> np.ndarray:
     """(478, 3) float64 head-space landmarks of an identity at neutral expression and rest pose."""
     from ..head.fit import model_landmarks
