@@ -87,14 +87,20 @@ def measure(path: Path, options: CreateOptions, head: HeadModel, meter: Identity
                   points=result.points, gaussians=result.gaussians, points_from=avatar.meta.get("points_from"),
                   warnings=result.warnings, coverage=result.coverage.to_json(),
                   attempts=avatar.meta["completeness"]["attempts"])
+    scores, renders = views_and_scores(avatar, inputs, head, meter)
+    record.update(scores)
+    save_png(row_image(inputs.crop, renders, record["identity"], path.name), rows_dir / f"{row_key(path)}.png")
+    return record
+
+
+def views_and_scores(avatar, inputs, head: HeadModel, meter: IdentityMeter) -> tuple[dict, dict[str, np.ndarray]]:
+    """({face_psnr, face_ssim, input_face_found, identity per view}, the renders by view label)."""
     size = inputs.crop.shape[0]
     regions = PortraitRegions.from_portrait(inputs.landmarks, inputs.matte, inputs.photo, inputs.hands)
     animator = AvatarAnimator(avatar, head)
     rgb, _ = render_portrait_camera(avatar, head, size, animator, background=0.5)
     psnr, ssim = face_scores(rgb, inputs.crop, regions.face)
-    record.update(face_psnr=round(psnr, 2), face_ssim=round(ssim, 4))
     reference = meter.face(inputs.crop)
-    record["input_face_found"] = reference is not None
     renders = {"portrait": (rgb * 255 + 0.5).astype(np.uint8)}
     for label, yaw in VIEWS[1:]:
         renders[label] = render_frame(animator, FaceControls(), ViewSpec(yaw_deg=yaw, width=RENDER, height=RENDER))
@@ -103,9 +109,8 @@ def measure(path: Path, options: CreateOptions, head: HeadModel, meter: Identity
         found = meter.face(image)
         identity[label] = {"detected": found is not None,
                            "cosine": None if found is None or reference is None else round(meter.cosine(reference, found), 4)}
-    record["identity"] = identity
-    save_png(row_image(inputs.crop, renders, identity, path.name), rows_dir / f"{row_key(path)}.png")
-    return record
+    return {"face_psnr": round(psnr, 2), "face_ssim": round(ssim, 4), "input_face_found": reference is not None,
+            "identity": identity}, renders
 
 
 def row_key(path: Path) -> str:
@@ -171,7 +176,8 @@ def folder_summary(records: list[dict]) -> dict:
 
 def table(records: list[dict], options: CreateOptions) -> str:
     fmt = lambda v, spec="{:.2f}": "–" if v is None else spec.format(v)  # noqa: E731
-    lines = [f"Options: quality {options.quality}, seed {options.seed}, carve {options.carve}. Identity: median SFace "
+    lines = [f"Options: quality {options.quality}, seed {options.seed}, carve {options.carve}, anchor {options.anchor}, "
+             f"refine steps {options.steps}. Identity: median SFace "
              f"cosine over the avatars whose view YuNet finds (same person ≥ {SAME_PERSON_COSINE}); 'found' = share of "
              f"avatars whose view YuNet finds; 'same' = share at or above the threshold.", "",
              "| folder | images | avatars | refused | fallback used | face cov. | head cov. | face PSNR | face SSIM | "
@@ -211,12 +217,14 @@ def main() -> None:
     parser.add_argument("--refine-steps", type=int)
     parser.add_argument("--checkpoint")
     parser.add_argument("--no-carve", dest="carve", action="store_false")
+    parser.add_argument("--no-anchor", dest="anchor", action="store_false")
     parser.add_argument("--limit", type=int, help="at most this many images (a quick look)")
     parser.add_argument("--report-only", action="store_true",
                         help="write the table and sheet of the images results.json already holds; run nothing")
     args = parser.parse_args()
     options = CreateOptions(quality=args.quality, seed=args.seed, max_points=args.max_points,
-                            refine_steps=args.refine_steps, checkpoint=args.checkpoint, carve=args.carve)
+                            refine_steps=args.refine_steps, checkpoint=args.checkpoint, carve=args.carve,
+                            anchor=args.anchor)
     options.validate()
     out = args.output
     rows_dir = out / "rows"

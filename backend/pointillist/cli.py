@@ -170,7 +170,7 @@ def _create_options(args):
 
     options = CreateOptions(quality=args.quality, checkpoint=args.checkpoint, max_points=args.max_points,
                             temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                            refine_steps=args.refine_steps, device=args.device, carve=args.carve)
+                            refine_steps=args.refine_steps, device=args.device, carve=args.carve, anchor=args.anchor)
     options.validate()  # CreateError is a user error
     return options
 
@@ -466,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-steps", type=int, metavar="N", help="photometric refinement steps (overrides the preset)")
     p.add_argument("--carve", action=argparse.BooleanOptionalAction, default=True,
                    help="drop generated points that land outside the person's matte in the portrait (default on)")
+    p.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=True,
+                   help="lay the face on the fitted head and colour what the photo sees from the photo, the hidden "
+                        "side from its mirror (default on; --no-anchor: the generator's Gaussians and colours)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     head_option(p)

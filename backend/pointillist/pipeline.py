@@ -1,7 +1,8 @@
 """Portrait -> avatar: the one place that chains the stages (DESIGN §1).
 
 understand (decode, landmarks, crop, matte) -> fit (head model) -> encode (image + head points) ->
-generate (AR point tokens) -> decode (Gaussians) -> refine (optional, photometric) -> bundle.
+generate (AR point tokens) -> decode (Gaussians) -> anchor (the fitted face's surface, the photo's colours
+and their mirror: `anchor/`) -> refine (optional, photometric) -> bundle.
 
 `create_avatar` reports progress per stage through a callback and checks a cancel callback between
 stages and inside AR decoding, so the CLI, the backend service and tests drive the same code.
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 DEFAULT_CHECKPOINT_NAME = "generator.safetensors"
 MODEL_VERSION = "pointillist-generator/1"
 
-#: quality preset -> (point budget, refine steps)
+#: quality preset -> (point budget, refine steps when the avatar is not anchored to the photo)
 QUALITY = {"draft": (1024, 0), "standard": (2048, 40), "high": (3072, 150)}
 #: side of the portrait-camera render the completeness check judges
 CHECK_SIZE = 256
@@ -68,6 +69,7 @@ class CreateOptions:
     refine_steps: int | None = None  # default: the quality preset's
     device: str = "auto"
     carve: bool = True  # drop generated points outside the portrait's matte (model/silhouette.py)
+    anchor: bool = True  # face surface from the fit, colours from the photo and its mirror (anchor/)
 
     def validate(self) -> None:
         try:
@@ -93,6 +95,8 @@ class CreateOptions:
             raise ValueError("device must be auto, cpu or cuda")
         if not isinstance(self.carve, bool):
             raise ValueError("carve must be true or false")
+        if not isinstance(self.anchor, bool):
+            raise ValueError("anchor must be true or false")
 
     @property
     def budget(self) -> int:
@@ -100,7 +104,11 @@ class CreateOptions:
 
     @property
     def steps(self) -> int:
-        return QUALITY[self.quality][1] if self.refine_steps is None else self.refine_steps
+        """Refinement steps: as asked, else none for an anchored avatar (its colours are the photo's already;
+        refining them at the portrait camera measurably blurs them) and the preset's for the generator's own."""
+        if self.refine_steps is not None:
+            return self.refine_steps
+        return 0 if self.anchor else QUALITY[self.quality][1]
 
 
 @dataclass
@@ -328,6 +336,19 @@ def create_avatar(portrait: str | os.PathLike | bytes, options: CreateOptions = 
     done("generate")
     seconds["generate"] -= decode_seconds  # each try's decoding and check were timed apart
     seconds["decode"] = decode_seconds
+    if options.anchor:
+        from .anchor import anchor_to_photo
+
+        t = time.perf_counter()
+        anchored = anchor_to_photo(avatar, head, photo=inputs.photo, hands=inputs.hands)
+        _, anchored_cover, anchored_failures = judged(anchored, num_points)
+        if anchored_failures:  # keep what passed rather than ship what does not
+            warnings.append(f"anchoring to the photo left the avatar incomplete ({'; '.join(anchored_failures)}); "
+                            f"the avatar keeps the generator's face and colours")
+        else:
+            avatar, cover = anchored, anchored_cover
+            avatar.meta["completeness"]["coverage"] = cover.to_json()
+        seconds["anchor"] = time.perf_counter() - t
     report("decode", 1.0)
 
     stage("refine")

@@ -70,6 +70,7 @@ class AvatarOptions(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     refine_steps: int | None = Field(None, ge=0, le=5000)
     carve: bool | None = None
+    anchor: bool | None = None
 
 
 class JobView(BaseModel):

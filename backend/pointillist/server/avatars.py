@@ -20,7 +20,7 @@ log = logging.getLogger("pointillist.server")
 
 MAX_BUNDLE_BYTES = 1 << 30
 #: options a client may set (the server chooses checkpoint, device and every path)
-CLIENT_OPTIONS = ("quality", "max_points", "temperature", "top_p", "top_k", "seed", "refine_steps", "carve")
+CLIENT_OPTIONS = ("quality", "max_points", "temperature", "top_p", "top_k", "seed", "refine_steps", "carve", "anchor")
 
 
 class AvatarStore:

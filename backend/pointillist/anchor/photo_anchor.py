@@ -1,0 +1,175 @@
+"""Anchor a decoded avatar to its portrait: the fitted face's surface, the photo's colours, their mirror.
+
+Three steps, each cheap and deterministic, between the Gaussian decoder and the photometric refinement:
+
+1. **Geometry from the fit** (`face_layer.py`): the face, eyelids, eyeballs, ears, teeth and mouth cavity
+   become a layer of flat Gaussians on the fitted head; the decoder's Gaussians that sat on that surface
+   (within `DROP_FRONT_M` in front of it, or behind it) are dropped, those standing further out (hair over
+   the forehead, a fringe, glasses) stay.
+2. **Colours from the photo** (`projection.py`): every Gaussian the portrait camera sees, at its own depth
+   and through whatever covers it, takes the photo's colour under it, weighted by how much of it is seen
+   and, for the layer, how squarely its disc faces the camera (grazing cells smear the photo).
+3. **The hidden side from the seen side** (`mirror.py`): what the photo does not see takes its mirror
+   partner's photo colour; what neither sees keeps the decoder's colour (hair, the back of the head) or,
+   on the layer, the median colour the photo gives that region (the mouth's interior has its own).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from ..avatar.animate import AvatarAnimator
+from ..avatar.gaussians import SH_C0, Avatar, Binding, Gaussians
+from ..head.model import HeadModel
+from .face_layer import COARSE_M, INTERIOR_COLOURS, face_layer
+from .mirror import mirror_partners, mirrored_colours
+from .priors import bounded_log_scales
+from .projection import photo_colours
+
+#: a decoder Gaussian up to this far in front of the layer's surface (or anywhere behind it) duplicates it
+DROP_FRONT_M = 0.006
+DROP_BEHIND_M = 0.04
+#: regions whose unseen cells take the skin's colour rather than their own seen cells' (hair covers ears)
+SKIN_FALLBACK_REGIONS = ("ears",)
+#: a disc seen at less than this cosine to the camera takes (part of) its colour from its mirror partner
+GRAZING_COS = (0.15, 0.5)
+
+
+@dataclass(frozen=True)
+class AnchorOptions:
+    """What `anchor_to_photo` does; each switch is one row of the benchmark's ablation."""
+
+    face_layer: bool = True
+    photo_colours: bool = True
+    mirror: bool = True
+    shape_prior: bool = True  # bound the decoder's Gaussians' anisotropy and size (`priors.py`)
+
+
+def anchor_to_photo(avatar: Avatar, head: HeadModel, *, photo: np.ndarray | None = None,
+                    hands: np.ndarray | None = None, options: AnchorOptions = AnchorOptions()) -> Avatar:
+    """The avatar with its face surface from the fit and its colours from its source portrait. `photo` and
+    `hands` ((S, S) bool, the crop's pixels that come from the photo and its hands) keep fill and hands
+    from colouring the head."""
+    src = avatar.source
+    if src is None or src.image is None or src.camera is None:
+        raise ValueError("anchoring needs the avatar's source portrait and fitted camera")
+    g, binding = avatar.gaussians, avatar.binding
+    if options.shape_prior:
+        g = replace(g, log_scales=bounded_log_scales(g.log_scales))
+    verts = head.identity_vertices(torch.as_tensor(avatar.identity.shape)[None])[0].numpy().astype(np.float64)
+    is_layer = np.zeros(g.num, dtype=bool)
+    normals = np.zeros((g.num, 3), np.float32)
+    layer = None
+    if options.face_layer:
+        layer = face_layer(head, verts)
+        keep = ~duplicates_layer(g.means, layer.gaussians.means, layer.normals)
+        g = _concat(g.subset(keep), layer.gaussians)
+        binding = Binding(np.concatenate([binding.triangles[keep], layer.binding.triangles]),
+                          np.concatenate([binding.barycentrics[keep], layer.binding.barycentrics]))
+        is_layer = np.r_[np.zeros(int(keep.sum()), bool), np.ones(layer.gaussians.num, bool)]
+        normals = np.concatenate([np.zeros((int(keep.sum()), 3), np.float32), layer.normals])
+    anchored = replace(avatar, gaussians=g, binding=binding,
+                       meta={**avatar.meta, "anchor": {"face_layer": int(is_layer.sum()), "photo_colours": options.photo_colours,
+                                                       "mirror": options.mirror, "shape_prior": options.shape_prior,
+                                                       "dropped_decoder_gaussians": int(avatar.gaussians.num - (~is_layer).sum())}})
+    if not options.photo_colours:
+        if layer is not None:  # the layer's cells still need colours: the decoder's nearest Gaussian's
+            _, near = cKDTree(avatar.gaussians.means).query(layer.gaussians.means)
+            g.sh_dc[is_layer] = avatar.gaussians.sh_dc[near]
+            g.sh_dc[is_layer & _interior(layer, is_layer)] = layer.gaussians.sh_dc[_interior(layer, is_layer)[is_layer]]
+        return anchored
+
+    animator = AvatarAnimator(anchored, head)
+    with torch.no_grad():
+        posed = animator(torch.as_tensor(src.expression) if src.expression is not None else None,
+                         torch.as_tensor(src.pose) if src.pose is not None else None)
+    K = torch.as_tensor(src.camera["K"], dtype=torch.float32)
+    viewmat = torch.as_tensor(src.camera["viewmat"], dtype=torch.float32)
+    valid = _valid_pixels(src, photo, hands)
+    image = np.asarray(src.image)
+    read = photo_colours(posed.means[0], posed.quats[0], posed.log_scales[0].exp(),
+                         torch.sigmoid(torch.as_tensor(g.opacity_logits)), viewmat=viewmat, K=K, image=image, valid=valid)
+    seen = read.seen.astype(np.float64)
+    if layer is not None:  # grazing discs smear the photo: trust them less, their partner more
+        posed_normals = torch.einsum("nij,nj->ni", posed.rotations[0], torch.as_tensor(normals)).numpy()
+        centre = -viewmat[:3, :3].T.numpy() @ viewmat[:3, 3].numpy()
+        to_camera = centre - posed.means[0].numpy()
+        cos = np.einsum("nc,nc->n", posed_normals, to_camera) / np.maximum(np.linalg.norm(to_camera, axis=1), 1e-9)
+        lo, hi = GRAZING_COS
+        facing = np.clip((cos - lo) / (hi - lo), 0, 1)
+        seen = np.where(is_layer, seen * facing, seen)
+    decoder_colours = g.colors().astype(np.float64)
+    colours = decoder_colours.copy()
+    for part in (~is_layer, is_layer):
+        if not part.any():
+            continue
+        fallback = decoder_colours[part] if part is not is_layer else _layer_fallback(layer, read.colours[part], seen[part])
+        partners = (mirror_partners(g.means[part] if part is not is_layer else layer.template_means,
+                                    max_distance=COARSE_M if part is is_layer else 0.01)
+                    if options.mirror else np.full(int(part.sum()), -1))
+        colours[part] = mirrored_colours(read.colours[part].astype(np.float64), seen[part], partners, fallback)
+    g.sh_dc[:] = ((colours - 0.5) / SH_C0).astype(np.float32)
+    anchored.meta["anchor"]["seen_share"] = round(float((seen > 0.5).mean()), 4)
+    return anchored
+
+
+def duplicates_layer(means: np.ndarray, layer_means: np.ndarray, layer_normals: np.ndarray) -> np.ndarray:
+    """(N,) bool: the points that lie on the layer's surface (over it, within `DROP_FRONT_M` in front, or up
+    to `DROP_BEHIND_M` behind), not past its edge."""
+    if not len(layer_means) or not len(means):
+        return np.zeros(len(means), dtype=bool)
+    dist, idx = cKDTree(layer_means).query(means)
+    offset = means - layer_means[idx]
+    along = np.einsum("nc,nc->n", offset, layer_normals[idx])
+    across = np.linalg.norm(offset - along[:, None] * layer_normals[idx], axis=1)
+    return (across < COARSE_M) & (along < DROP_FRONT_M) & (along > -DROP_BEHIND_M)
+
+
+def _layer_fallback(layer, colours: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Per layer cell, what it is when neither it nor its partner is seen: its region's well-seen median,
+    the mouth interior's own colour, else (and always for ears, whose seen cells are mostly the hair over
+    them) the well-seen skin's median."""
+    well = seen > 0.7
+    skin = np.median(colours[well], axis=0) if well.sum() >= 8 else np.array([0.72, 0.56, 0.47])
+    out = np.broadcast_to(skin, colours.shape).copy()
+    for i, name in enumerate(layer.region_names):
+        mask = layer.regions == i
+        if name in INTERIOR_COLOURS:
+            out[mask] = INTERIOR_COLOURS[name]
+        elif name in SKIN_FALLBACK_REGIONS:
+            continue
+        elif (mask & well).sum() >= 8:
+            out[mask] = np.median(colours[mask & well], axis=0)
+    return out
+
+
+def _interior(layer, is_layer: np.ndarray) -> np.ndarray:
+    mask = np.zeros(len(is_layer), dtype=bool)
+    inner = np.isin(layer.regions, [layer.region_names.index(n) for n in INTERIOR_COLOURS])
+    mask[np.nonzero(is_layer)[0]] = inner
+    return mask
+
+
+def _valid_pixels(src, photo: np.ndarray | None, hands: np.ndarray | None) -> np.ndarray:
+    """(S, S) float weights: the person's matte, on photo pixels, off the hands."""
+    h, w = src.image.shape[:2]
+    valid = np.ones((h, w), np.float32) if src.matte is None else np.asarray(src.matte, np.float32) / 255
+    if photo is not None:
+        valid = valid * np.asarray(photo, np.float32)
+    if hands is not None:
+        valid = valid * (1 - np.asarray(hands, np.float32))
+    return valid
+
+
+def _concat(a: Gaussians, b: Gaussians) -> Gaussians:
+    k = max(a.sh_rest.shape[1], b.sh_rest.shape[1])
+
+    def rest(x: Gaussians) -> np.ndarray:
+        return np.concatenate([x.sh_rest, np.zeros((x.num, k - x.sh_rest.shape[1], 3), np.float32)], axis=1)
+
+    return Gaussians(*(np.concatenate([getattr(a, f), getattr(b, f)]).astype(np.float32)
+                       for f in ("means", "log_scales", "quats", "opacity_logits", "sh_dc")), sh_rest=np.concatenate([rest(a), rest(b)]))

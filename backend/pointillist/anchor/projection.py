@@ -1,0 +1,67 @@
+"""Photo colours for the Gaussians the portrait camera sees: projection with a depth test.
+
+A Gaussian is seen when nothing opaque stands in front of it at its pixel: its camera depth is within
+`DEPTH_TOLERANCE_M` of the depth the render of the whole avatar reaches there (the alpha-weighted depth of
+the first surface). Seen, it takes the photo's colour at its projected centre; a Gaussian deeper than the
+surface (inside the head, behind the nose, the far side) is not seen and keeps what it had. Pixels that are
+not the person (background, fill past the photo's edge, hands) colour nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..render.rasterize import rasterize
+
+#: a Gaussian this far behind the rendered surface is still on it (a fringe's haze moves the surface forward)
+DEPTH_TOLERANCE_M = 0.006
+#: a Gaussian over a pixel the avatar covers less than this is at its outline and not trusted
+MIN_ALPHA = 0.5
+
+
+@dataclass
+class PhotoColours:
+    colours: np.ndarray  # (N, 3) float in [0, 1]: the photo at each Gaussian's projected centre
+    seen: np.ndarray  # (N,) float in [0, 1]: 1 on the visible surface over a valid photo pixel, 0 hidden
+
+
+def photo_colours(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor, *,
+                  viewmat: torch.Tensor, K: torch.Tensor, image: np.ndarray, valid: np.ndarray | None = None,
+                  depth_size: int = 256) -> PhotoColours:
+    """Colour each posed Gaussian (means (N, 3) in the camera's world; `K` in `image`'s pixels) from `image`
+    ((H, W, 3) uint8 or float in [0, 1]). `valid` ((H, W) weights in [0, 1]) says which pixels may colour a
+    Gaussian; the visible surface is rendered at `depth_size` pixels on the long side."""
+    height, width = image.shape[:2]
+    photo = torch.as_tensor(np.asarray(image), dtype=torch.float32)
+    if photo.max() > 1.0:
+        photo = photo / 255
+    weight = torch.ones(height, width) if valid is None else torch.as_tensor(np.asarray(valid), dtype=torch.float32)
+    s = depth_size / max(height, width)
+    Kd = K.clone().float()
+    Kd[:2] *= s
+    dh, dw = max(1, round(height * s)), max(1, round(width * s))
+    with torch.no_grad():
+        out = rasterize(means, quats, scales, opacities, viewmat=viewmat, K=Kd, width=dw, height=dh,
+                        colors=torch.zeros(len(means), 3), background=torch.zeros(3))
+        cam = means @ viewmat[:3, :3].T + viewmat[:3, 3]
+        z = cam[:, 2]
+        uv = torch.stack([K[0, 0] * cam[:, 0] / z.clamp_min(1e-6) + K[0, 2],
+                          K[1, 1] * cam[:, 1] / z.clamp_min(1e-6) + K[1, 2]], dim=-1)  # pixels of `image`
+        surface = _sample(out.depth[None], uv * s, dw, dh)[0]
+        cover = _sample(out.alpha[None], uv * s, dw, dh)[0]
+        colours = _sample(photo.permute(2, 0, 1), uv, width, height).T
+        ok = _sample(weight[None], uv, width, height)[0]
+        inside = (uv[:, 0] >= 0) & (uv[:, 0] <= width) & (uv[:, 1] >= 0) & (uv[:, 1] <= height) & (z > 0)
+        front = ((surface + 2 * DEPTH_TOLERANCE_M - z) / DEPTH_TOLERANCE_M).clamp(0, 1)  # 1 up to 1 tol behind, 0 by 2
+        seen = front * ok * (cover >= MIN_ALPHA) * inside
+    return PhotoColours(colours=colours.clamp(0, 1).numpy(), seen=seen.numpy())
+
+
+def _sample(image: torch.Tensor, uv: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Bilinear samples (C, N) of `image` (C, H, W) at pixel positions `uv` (N, 2) (pixel centres at +0.5)."""
+    grid = torch.stack([uv[:, 0] / width * 2 - 1, uv[:, 1] / height * 2 - 1], dim=-1)[None, None]
+    return F.grid_sample(image[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0, :, 0]
