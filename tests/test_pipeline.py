@@ -58,8 +58,11 @@ def test_create_writes_a_valid_rigged_bundle_and_a_comparison_sheet(tmp_path, ti
     avatar = read_bundle(out)
     validate_avatar(avatar, num_faces=head.num_faces, num_vertices=head.num_vertices)
     k = 8
-    assert 64 <= summary["points"] <= FALLBACK_POINTS and avatar.gaussians.num == summary["points"] * k
-    assert set(summary["seconds"]) >= {"understand", "fit", "encode", "generate", "decode", "refine", "bundle"}
+    anchor = avatar.meta["anchor"]  # the face layer replaced the decoder's Gaussians on the fitted face
+    assert anchor["face_layer"] > 0 and anchor["photo_colours"] and anchor["mirror"]
+    assert 64 <= summary["points"] <= FALLBACK_POINTS
+    assert avatar.gaussians.num == summary["points"] * k - anchor["dropped_decoder_gaussians"] + anchor["face_layer"]
+    assert set(summary["seconds"]) >= {"understand", "fit", "encode", "generate", "decode", "anchor", "refine", "bundle"}
     assert avatar.source.image.shape == (512, 512, 3) and avatar.source.camera["width"] == 512
     assert avatar.meta["creation_options"]["max_points"] == FALLBACK_POINTS and avatar.meta["refine_steps"] == 2
     # the sampled tries fell short, so the avatar came from the fitted head's surface, and every channel says so
@@ -89,7 +92,7 @@ def test_carving_keeps_only_points_on_the_portraits_matte(scatter_checkpoint, po
     from pointillist.model.portrait_probe import PortraitView
     from pointillist.model.silhouette import SilhouetteCarver
 
-    base = dict(checkpoint=str(scatter_checkpoint), max_points=64, refine_steps=0, seed=5, quality="draft")
+    base = dict(checkpoint=str(scatter_checkpoint), max_points=64, refine_steps=0, seed=5, quality="draft", anchor=False)
     anything = CompletenessCheck(face=0.0, head=0.0, min_points=1)  # the first try is returned, whatever it covers
     plain = create_avatar(portrait, CreateOptions(**base, carve=False), head=head, check=anything).avatar
     carved = create_avatar(portrait, CreateOptions(**base, carve=True), head=head, check=anything).avatar

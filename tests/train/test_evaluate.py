@@ -148,8 +148,11 @@ def test_eval_cli_writes_a_side_by_side_table_json_and_sheet(data, head, tmp_pat
     for ckpt in summary["checkpoints"]:
         assert ckpt["subjects"] == 2 and len(ckpt["rows"]) == 2
         for key in ("psnr", "ssim", "psnr_template_positions", "ssim_template_positions", "psnr_true_points",
-                    "ssim_true_points", "chamfer_cm", "binding_accuracy", "ar_loss", "ar_loss_no_image"):
+                    "ssim_true_points", "psnr_anchored", "ssim_anchored", "chamfer_cm", "binding_accuracy", "ar_loss",
+                    "ar_loss_no_image"):
             assert np.isfinite(ckpt[key]), key
+        # an untrained generator's colours are noise; anchored to the portrait, its face is the subject's
+        assert ckpt["psnr_anchored"] > ckpt["psnr"] + 1.0, (ckpt["psnr_anchored"], ckpt["psnr"])
         assert 0 <= ckpt["ssim"] <= 1 and 0 <= ckpt["binding_accuracy"] <= 1
         assert "akd_px" in ckpt and "akd_median_px" in ckpt and 0 <= ckpt["detection_failure_rate"] <= 1
         assert all(len(r["akd_per_frame_px"]) == r["frames"] == 1 for r in ckpt["rows"])

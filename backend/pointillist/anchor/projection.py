@@ -36,7 +36,7 @@ def photo_colours(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor
     ((H, W, 3) uint8 or float in [0, 1]). `valid` ((H, W) weights in [0, 1]) says which pixels may colour a
     Gaussian; the visible surface is rendered at `depth_size` pixels on the long side."""
     height, width = image.shape[:2]
-    photo = torch.as_tensor(np.asarray(image), dtype=torch.float32)
+    photo = torch.as_tensor(np.array(image), dtype=torch.float32)
     if photo.max() > 1.0:
         photo = photo / 255
     weight = torch.ones(height, width) if valid is None else torch.as_tensor(np.asarray(valid), dtype=torch.float32)
