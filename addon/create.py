@@ -198,6 +198,7 @@ class VIEW3D_PT_avatar_create(Panel):
         col.prop(props, "refine_steps")
         col.prop(props, "seed")
         col.prop(props, "carve")
+        col.prop(props, "anchor")
         progress = STATE.progress()
         if STATE.runner is not None:
             if hasattr(layout, "progress"):  # Blender 4.0+

@@ -44,9 +44,10 @@ class Progress:
         return self.state not in ("idle", "done", "failed", "cancelled")
 
 
-def job_options(quality: str, point_budget: int, seed: int, refine_steps: int, carve: bool = True) -> dict:
+def job_options(quality: str, point_budget: int, seed: int, refine_steps: int, carve: bool = True,
+                anchor: bool = True) -> dict:
     """The server's `options` JSON from the panel: a budget or step count of -1/0 means the preset's; carving
-    is the server's default and is sent only when turned off."""
+    and anchoring to the photo are the server's defaults and are sent only when turned off."""
     if quality not in QUALITIES:
         raise CreateFailed(f"quality must be one of {', '.join(QUALITIES)}")
     options: dict = {"quality": quality, "seed": int(seed)}
@@ -56,6 +57,8 @@ def job_options(quality: str, point_budget: int, seed: int, refine_steps: int, c
         options["refine_steps"] = int(refine_steps)
     if not carve:
         options["carve"] = False
+    if not anchor:
+        options["anchor"] = False
     return options
 
 

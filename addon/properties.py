@@ -33,13 +33,18 @@ class PointillistCreateSettings(PropertyGroup):
                               description="Surface points the generator may place; 0 = the quality preset's")
     seed: IntProperty(name="Seed", default=0, min=0, description="Same portrait + same seed = same avatar")
     refine_steps: IntProperty(name="Refine Steps", default=-1, min=-1, max=5000,
-                              description="Photometric refinement steps; -1 = the quality preset's")
+                              description="Photometric refinement steps; -1 = the preset's (none when the face is "
+                                          "from the photo)")
     carve: BoolProperty(name="Trim to Silhouette", default=True,
                         description="Drop generated points that fall outside the person's outline in the portrait "
                                     "(turn off if the portrait's background is busy and hair gets cut)")
 
+    anchor: BoolProperty(name="Face from Photo", default=True,
+                         description="Lay the face on the fitted head and colour it from the photo, the hidden side "
+                                     "from its mirror (turn off for the generator's own face and colours)")
+
     def options(self) -> dict:
-        return job_options(self.quality, self.point_budget, self.seed, self.refine_steps, self.carve)
+        return job_options(self.quality, self.point_budget, self.seed, self.refine_steps, self.carve, self.anchor)
 
 
 def portrait_icon(path: str) -> int:

@@ -10,6 +10,8 @@ the variant adds:
 * `photo`: colours of what the portrait camera sees read from the photo (`projection.py`), nothing else;
 * `photo+mirror`: and the hidden side from its mirror partner (`mirror.py`);
 * `photo+mirror+layer`: and the face surface from the fit (`face_layer.py`);
+* `photo+mirror+layer+spread`: and what neither the photo nor the mirror shows coloured from its seen
+  neighbours (`photo_anchor.spread_colours`);
 * `anchor`: and the shape prior on the decoder's Gaussians (`priors.py`): what `create` does;
 * `anchor+refine`: anchoring followed by the photometric refinement.
 
@@ -47,9 +49,10 @@ from pointillist.refine import refine_avatar  # noqa: E402
 VARIANTS: dict[str, tuple[AnchorOptions | None, bool]] = {
     "generator": (None, False),
     "generator+refine": (None, True),
-    "photo": (AnchorOptions(face_layer=False, mirror=False, shape_prior=False), False),
-    "photo+mirror": (AnchorOptions(face_layer=False, shape_prior=False), False),
-    "photo+mirror+layer": (AnchorOptions(shape_prior=False), False),
+    "photo": (AnchorOptions(face_layer=False, mirror=False, spread=False, shape_prior=False), False),
+    "photo+mirror": (AnchorOptions(face_layer=False, spread=False, shape_prior=False), False),
+    "photo+mirror+layer": (AnchorOptions(spread=False, shape_prior=False), False),
+    "photo+mirror+layer+spread": (AnchorOptions(shape_prior=False), False),
     "anchor": (AnchorOptions(), False),
     "anchor+refine": (AnchorOptions(), True),
 }

@@ -57,6 +57,7 @@ def test_options_map_presets_and_overrides():
     assert job_options("draft", 0, 3, -1) == {"quality": "draft", "seed": 3}
     assert job_options("high", 500, 0, 0) == {"quality": "high", "seed": 0, "max_points": 500, "refine_steps": 0}
     assert job_options("draft", 0, 3, -1, carve=False) == {"quality": "draft", "seed": 3, "carve": False}
+    assert job_options("draft", 0, 3, -1, anchor=False) == {"quality": "draft", "seed": 3, "anchor": False}
     with pytest.raises(CreateFailed, match="quality"):
         job_options("ultra", 0, 0, -1)
 

@@ -49,6 +49,12 @@ class FaceLayer:
     def region(self, name: str) -> np.ndarray:
         return self.regions == self.region_names.index(name)
 
+    def subset(self, keep: np.ndarray) -> "FaceLayer":
+        return FaceLayer(gaussians=self.gaussians.subset(keep),
+                         binding=Binding(self.binding.triangles[keep], self.binding.barycentrics[keep]),
+                         normals=self.normals[keep], regions=self.regions[keep], region_names=self.region_names,
+                         template_means=self.template_means[keep])
+
 
 def layer_triangles(head: HeadModel) -> tuple[np.ndarray, np.ndarray]:
     """(triangle indices, region index into LAYER_REGIONS) of the triangles the layer covers."""

@@ -24,6 +24,13 @@ def mirror_partners(points: np.ndarray, max_distance: float = np.inf) -> np.ndar
     return np.where(np.isfinite(dist), idx, -1).astype(np.int64)
 
 
+def photo_share(seen: np.ndarray, partners: np.ndarray) -> np.ndarray:
+    """Per point, how much of its `mirrored_colours` colour comes from the photo (itself or its partner)."""
+    seen = np.clip(np.asarray(seen, dtype=np.float64), 0, 1)
+    partner_seen = np.where(partners >= 0, seen[np.where(partners >= 0, partners, 0)], 0.0)
+    return seen + (1 - seen) * partner_seen
+
+
 def mirrored_colours(colours: np.ndarray, seen: np.ndarray, partners: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     """Per point: its own photo colour as far as the photo sees it, the rest from its mirror partner's photo
     colour as far as the photo sees that, the rest `fallback` ((N, 3) or (3,))."""
