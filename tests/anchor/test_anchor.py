@@ -129,26 +129,33 @@ def _portrait_avatar(head, yaw_deg: float) -> Avatar:
                   identity=HeadIdentity(model_id=head.model_id, shape=np.zeros(head.num_shape, np.float32)), source=source, meta={})
 
 
+def _layer_cells(out: Avatar, head) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(colours, template positions, triangles) of the face-layer cells of an anchored avatar (its last ones)."""
+    n = out.meta["anchor"]["face_layer"]
+    tri, bary = out.binding.triangles[-n:], out.binding.barycentrics[-n:]
+    template = np.einsum("nk,nkc->nc", bary, head.data.vertices[head.data.faces[tri]])
+    return out.gaussians.colors()[-n:], template, tri
+
+
 def test_the_hidden_cheek_takes_the_mirror_of_the_seen_one(head):
     avatar = _portrait_avatar(head, yaw_deg=60.0)  # the camera sees the head's left (+x) cheek, not its right
     verts = head.identity_vertices(torch.zeros(1, head.num_shape))[0].numpy()
-    layer = face_layer(head, verts)
-    cheek = layer.region("cheeks")
-    seen_side, hidden_side = cheek & (layer.template_means[:, 0] > 0.03), cheek & (layer.template_means[:, 0] < -0.03)
+    cheek_triangles = face_layer(head, verts).binding.triangles[face_layer(head, verts).region("cheeks")]
 
-    def layer_colours(options: AnchorOptions) -> np.ndarray:
-        out = anchor_to_photo(avatar, head, options=options)
-        return out.gaussians.colors()[-layer.gaussians.num:]
-
-    colours = layer_colours(AnchorOptions())
+    colours, template, tri = _layer_cells(anchor_to_photo(avatar, head), head)
+    cheek = np.isin(tri, cheek_triangles)
+    seen_side, hidden_side = cheek & (template[:, 0] > 0.03), cheek & (template[:, 0] < -0.03)
+    assert seen_side.sum() > 20 and hidden_side.sum() > 20
     blue = colours[:, 2] / np.maximum(colours[:, 0] + colours[:, 2], 1e-6)  # 0 at the photo's top, 1 at its bottom
     # the seen cheek reads the photo's vertical ramp; the hidden one the same ramp, through its mirror
-    assert np.corrcoef(-layer.template_means[seen_side, 1], blue[seen_side])[0, 1] > 0.9
-    assert np.corrcoef(-layer.template_means[hidden_side, 1], blue[hidden_side])[0, 1] > 0.9
-    partners = mirror_partners(layer.template_means)
+    assert np.corrcoef(-template[seen_side, 1], blue[seen_side])[0, 1] > 0.9
+    assert np.corrcoef(-template[hidden_side, 1], blue[hidden_side])[0, 1] > 0.9
+    partners = mirror_partners(template)
     np.testing.assert_allclose(blue[hidden_side], blue[partners[hidden_side]], atol=0.08)
 
-    flat = layer_colours(AnchorOptions(mirror=False))  # without the mirror the hidden cheek is one median colour
+    # without the mirror the hidden cheek is one colour (the photo's median for the cheeks)
+    flat, template, tri = _layer_cells(anchor_to_photo(avatar, head, options=AnchorOptions(mirror=False)), head)
+    hidden_side = np.isin(tri, cheek_triangles) & (template[:, 0] < -0.03)
     assert np.ptp(flat[hidden_side], axis=0).max() < 1e-6
 
 
@@ -162,3 +169,50 @@ def test_anchoring_keeps_the_avatar_valid_and_bound(head, options):
     meta = out.meta["anchor"]
     assert meta["face_layer"] - meta["dropped_decoder_gaussians"] == g.num - avatar.gaussians.num
     assert (meta["face_layer"] > 0) == options.face_layer
+
+
+def test_the_shape_prior_bounds_anisotropy_and_size_and_keeps_volume():
+    from pointillist.anchor.priors import MAX_ANISOTROPY, MAX_SCALE_M, bounded_log_scales
+
+    rng = np.random.default_rng(2)
+    log_scales = np.log(rng.uniform(0.0002, 0.006, (500, 3))).astype(np.float32)
+    log_scales[0] = np.log([0.0005, 0.0005, 0.02])  # a needle
+    out = bounded_log_scales(log_scales)
+    ratio = np.exp(out.max(1) - out.min(1))
+    assert (ratio <= MAX_ANISOTROPY * 1.0001).all() and (np.exp(out) <= MAX_SCALE_M * 1.0001).all()
+    within = np.exp(log_scales.max(1) - log_scales.min(1)) <= MAX_ANISOTROPY
+    np.testing.assert_array_equal(out[within], log_scales[within])  # what was already round enough is untouched
+    small = np.exp(out).max(1) < MAX_SCALE_M * 0.999
+    np.testing.assert_allclose(out[small].sum(1), log_scales[small].sum(1), atol=1e-4)  # volume kept
+    assert ratio[0] == pytest.approx(MAX_ANISOTROPY, rel=1e-4)
+
+
+def test_unseen_gaussians_take_their_seen_neighbours_colour():
+    from pointillist.anchor.photo_anchor import spread_colours
+
+    rng = np.random.default_rng(3)
+    front = rng.uniform([-0.05, -0.05, 0.0], [0.05, 0.05, 0.01], (200, 3))
+    back = front - [0, 0, 0.03]  # 3 cm behind, the photo does not see it
+    far = np.array([[1.0, 1.0, 1.0]])  # nothing seen anywhere near
+    means = np.concatenate([front, back, far])
+    colours = np.zeros((len(means), 3))
+    colours[:200] = [0.2, 0.1, 0.05]
+    share = np.r_[np.ones(200), np.zeros(201)]
+    default = np.full((len(means), 3), 0.9)
+    out = spread_colours(means, colours, share, default)
+    np.testing.assert_allclose(out[200:400], np.tile([0.2, 0.1, 0.05], (200, 1)), atol=1e-9)
+    np.testing.assert_allclose(out[400], 0.9)
+
+
+def test_border_cells_the_photo_cannot_colour_give_way_to_the_decoder(head):
+    avatar = _portrait_avatar(head, yaw_deg=0.0)  # a frontal photo sees neither ear squarely
+    out = anchor_to_photo(avatar, head)
+    verts = head.identity_vertices(torch.zeros(1, head.num_shape))[0].numpy()
+    layer = face_layer(head, verts)
+    assert out.meta["anchor"]["unknown_border_cells"] > 0
+    assert out.meta["anchor"]["face_layer"] == layer.gaussians.num - out.meta["anchor"]["unknown_border_cells"]
+    kept_ear_cells = np.isin(out.binding.triangles, layer.binding.triangles[layer.region("ears")])
+    assert kept_ear_cells.sum() < layer.region("ears").sum() / 2
+    # the face proper is never given away: every cheek cell is still there
+    cheeks = np.isin(out.binding.triangles, layer.binding.triangles[layer.region("cheeks")])
+    assert cheeks.sum() >= layer.region("cheeks").sum()

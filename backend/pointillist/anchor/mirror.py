@@ -27,17 +27,18 @@ def mirror_partners(points: np.ndarray, max_distance: float = np.inf) -> np.ndar
 def photo_share(seen: np.ndarray, partners: np.ndarray) -> np.ndarray:
     """Per point, how much of its `mirrored_colours` colour comes from the photo (itself or its partner)."""
     seen = np.clip(np.asarray(seen, dtype=np.float64), 0, 1)
-    partner_seen = np.where(partners >= 0, seen[np.where(partners >= 0, partners, 0)], 0.0)
-    return seen + (1 - seen) * partner_seen
+    return seen + (1 - seen) * _partner_seen(seen, partners)
 
 
 def mirrored_colours(colours: np.ndarray, seen: np.ndarray, partners: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     """Per point: its own photo colour as far as the photo sees it, the rest from its mirror partner's photo
     colour as far as the photo sees that, the rest `fallback` ((N, 3) or (3,))."""
-    seen = np.clip(np.asarray(seen, dtype=np.float64), 0, 1)[:, None]
+    seen = np.clip(np.asarray(seen, dtype=np.float64), 0, 1)
     fallback = np.broadcast_to(np.asarray(fallback, dtype=np.float64), colours.shape)
-    has = partners >= 0
-    p = np.where(has, partners, 0)
-    partner_seen = np.where(has[:, None], seen[p], 0.0)
-    hidden = partner_seen * colours[p] + (1 - partner_seen) * fallback
-    return seen * colours + (1 - seen) * hidden
+    partner_seen = _partner_seen(seen, partners)[:, None]
+    hidden = partner_seen * colours[np.where(partners >= 0, partners, 0)] + (1 - partner_seen) * fallback
+    return seen[:, None] * colours + (1 - seen[:, None]) * hidden
+
+
+def _partner_seen(seen: np.ndarray, partners: np.ndarray) -> np.ndarray:
+    return np.where(partners >= 0, seen[np.where(partners >= 0, partners, 0)], 0.0)
