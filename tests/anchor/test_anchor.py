@@ -216,3 +216,26 @@ def test_border_cells_the_photo_cannot_colour_give_way_to_the_decoder(head):
     # the face proper is never given away: every cheek cell is still there
     cheeks = np.isin(out.binding.triangles, layer.binding.triangles[layer.region("cheeks")])
     assert cheeks.sum() >= layer.region("cheeks").sum()
+
+
+def test_the_layer_eyes_turn_with_the_eye_joints_and_the_mouth_interior_has_its_own_colours(head):
+    from pointillist.anchor.face_layer import INTERIOR_COLOURS
+    from pointillist.avatar.animate import AvatarAnimator
+    from pointillist.head.data import JOINT_NAMES
+
+    out = anchor_to_photo(_portrait_avatar(head, yaw_deg=0.0), head)
+    colours, _, tri = _layer_cells(out, head)
+    n = out.meta["anchor"]["face_layer"]
+    verts = head.identity_vertices(torch.zeros(1, head.num_shape))[0].numpy()
+    full = face_layer(head, verts)
+    eyeball = np.isin(tri, full.binding.triangles[full.region("left_eyeball")])
+    cheek = np.isin(tri, full.binding.triangles[full.region("cheeks")])
+    pose = np.zeros((5, 3), np.float32)
+    pose[JOINT_NAMES.index("left_eye"), 1] = 0.4  # look sideways
+    animator = AvatarAnimator(out, head)
+    rest, turned = (animator(None, p).means[0, -n:].numpy() for p in (None, pose))
+    moved = np.linalg.norm(turned - rest, axis=1)
+    assert moved[eyeball].mean() > 0.002 and moved[cheek].max() < 1e-6
+    # the closed mouth hides its interior from the photo: teeth and cavity keep their own colours
+    cavity = np.isin(tri, full.binding.triangles[full.region("mouth_cavity")])
+    assert np.mean(np.abs(colours[cavity] - INTERIOR_COLOURS["mouth_cavity"]).max(1) < 0.02) > 0.8
