@@ -57,22 +57,24 @@ class FaceLayer:
 
 
 def layer_triangles(head: HeadModel) -> tuple[np.ndarray, np.ndarray]:
-    """(triangle indices, region index into LAYER_REGIONS) of the triangles the layer covers."""
+    """(triangle indices, region index into LAYER_REGIONS) of the triangles the layer covers: those with at
+    least two corners in layer regions (so the junctions where three regions meet are covered too), each
+    labelled with the region most of its corners share (else its first corner's in the layer)."""
     data = head.data
     if data.vertex_regions is None:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    names = [n for n in LAYER_REGIONS if n in data.region_names]
-    corner_regions = data.vertex_regions[data.faces]  # (F, 3)
-    tris, labels = [], []
-    for name in names:
-        r = data.region_names.index(name)
-        hit = np.nonzero((corner_regions == r).sum(1) >= 2)[0]  # seams between regions go to the majority
-        tris.append(hit)
-        labels.append(np.full(len(hit), LAYER_REGIONS.index(name)))
-    tri = np.concatenate(tris)
-    lab = np.concatenate(labels)
-    _, first = np.unique(tri, return_index=True)  # a triangle on a three-region seam: its first region
-    return tri[first], lab[first]
+    to_layer = np.full(len(data.region_names), -1)
+    for i, name in enumerate(LAYER_REGIONS):
+        if name in data.region_names:
+            to_layer[data.region_names.index(name)] = i
+    r = to_layer[data.vertex_regions[data.faces]]  # (F, 3) layer region per corner, -1 outside the layer
+    inside = r >= 0
+    tri = np.nonzero(inside.sum(1) >= 2)[0]
+    a, b, c = r[tri].T
+    first = np.where(a >= 0, a, np.where(b >= 0, b, c))
+    label = np.where((a == b) | (a == c), a, np.where(b == c, b, first))
+    label = np.where(label >= 0, label, first)
+    return tri, label
 
 
 def cell_barycentrics(n: int) -> np.ndarray:
