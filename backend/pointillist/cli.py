@@ -463,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--refine-steps", type=int, metavar="N", help="photometric refinement steps (overrides the preset)")
+    p.add_argument("--refine-steps", type=int, metavar="N",
+                   help="photometric refinement steps (default: none for an anchored avatar, else the preset's)")
     p.add_argument("--carve", action=argparse.BooleanOptionalAction, default=True,
                    help="drop generated points that land outside the person's matte in the portrait (default on)")
     p.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=True,

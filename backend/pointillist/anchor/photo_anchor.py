@@ -1,11 +1,12 @@
 """Anchor a decoded avatar to its portrait: the fitted face's surface, the photo's colours, their mirror.
 
-Three steps, each cheap and deterministic, between the Gaussian decoder and the photometric refinement:
+Cheap, deterministic steps between the Gaussian decoder and the (optional) photometric refinement:
 
 1. **Geometry from the fit** (`face_layer.py`): the face, eyelids, eyeballs, ears, teeth and mouth cavity
    become a layer of flat Gaussians on the fitted head; the decoder's Gaussians that sat on that surface
-   (within `DROP_FRONT_M` in front of it, or behind it) are dropped, those standing further out (hair over
-   the forehead, a fringe, glasses) stay.
+   (within `DROP_FRONT_M` in front of it, `DROP_BEHIND_M` behind it) are dropped, those standing further out
+   (hair over the forehead, a fringe, glasses) stay. Border cells (forehead, jaw, ears) that neither the
+   photo nor their mirror colours give their place back to the decoder's Gaussians.
 2. **Colours from the photo** (`projection.py`): every Gaussian the portrait camera sees, at its own depth
    and through whatever covers it, takes the photo's colour under it, weighted by how much of it is seen
    and, for the layer, how squarely its disc faces the camera (grazing cells smear the photo).
@@ -13,6 +14,7 @@ Three steps, each cheap and deterministic, between the Gaussian decoder and the 
    partner's photo colour; what neither sees takes the colour of its nearest Gaussians that the photo does
    colour (the back of the head, hair the photo hides), or, on the layer, the median colour the photo gives
    that region (the mouth's interior has its own); the decoder's colour is the last resort.
+4. **A shape prior** (`priors.py`): the decoder's needles are pulled toward their mean scale.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .mirror import mirror_partners, mirrored_colours, photo_share
 from .priors import bounded_log_scales
 from .projection import photo_colours
 
-#: a decoder Gaussian up to this far in front of the layer's surface (or anywhere behind it) duplicates it
+#: a decoder Gaussian up to this far in front of the layer's surface, or this far behind it, duplicates it
 DROP_FRONT_M = 0.006
 DROP_BEHIND_M = 0.04
 #: regions whose unseen cells take the skin's colour rather than their own seen cells' (hair covers ears)
