@@ -44,7 +44,7 @@ KNOWN_MIN = 0.5
 #: `spread_colours`: neighbours, their search radius, and how much of a source's colour must be the photo's
 SPREAD_K, SPREAD_RADIUS_M, SPREAD_SOURCE = 8, 0.05, 0.8
 #: a disc seen at less than this cosine to the camera takes (part of) its colour from its mirror partner
-GRAZING_COS = (0.15, 0.5)
+GRAZING_COS = (0.08, 0.35)
 
 
 @dataclass(frozen=True)
