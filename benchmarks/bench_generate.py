@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pointillist.head.model import HeadModel  # noqa: E402
+from pointillist.completeness import CompletenessCheck  # noqa: E402
 from pointillist.pipeline import CreateOptions, create_avatar  # noqa: E402
 
 
@@ -33,14 +34,16 @@ def main() -> None:
     parser.add_argument("--max-points", type=int)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--carve", action=argparse.BooleanOptionalAction, default=True, help="silhouette carving (create's default)")
+    parser.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=True, help="anchoring to the photo (create's default)")
     args = parser.parse_args()
     head = HeadModel.load()
     with tempfile.TemporaryDirectory() as tmp:
         portrait = Path(tmp) / "astronaut.png"
         Image.fromarray(skimage.data.astronaut()).save(portrait)
         options = CreateOptions(quality=args.quality, checkpoint=args.checkpoint, refine_steps=args.refine_steps,
-                                max_points=args.max_points, device=args.device, carve=args.carve)
-        create_avatar(portrait, CreateOptions(**{**options.__dict__, "max_points": 8, "refine_steps": 0}), head=head)
+                                max_points=args.max_points, device=args.device, carve=args.carve, anchor=args.anchor)
+        warm_up = CreateOptions(**{**options.__dict__, "max_points": CompletenessCheck.min_points, "refine_steps": 0})
+        create_avatar(portrait, warm_up, head=head, check=CompletenessCheck(face=0.0, head=0.0, min_points=1))
         result = create_avatar(portrait, options, head=head)
     s = result.summary()
     carved = int(result.avatar.meta.get("carved_points", 0))
