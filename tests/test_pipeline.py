@@ -223,3 +223,39 @@ def test_the_shipped_generator_makes_a_whole_head_of_a_head_cut_by_the_frame(tig
     tries = result.avatar.meta["completeness"]["attempts"]
     assert len(tries) == 1 and result.avatar.meta["points_from"] == "generator", tries
     assert result.points > 400 and result.coverage.face >= 0.95 and result.coverage.head >= 0.75
+
+
+def test_an_anchored_avatar_that_fails_the_check_is_anchored_again_then_left_unanchored(tiny_checkpoint, portrait, head,
+                                                                                       monkeypatch):
+    """The anchored avatar passes the completeness check or is not returned: first without the shape prior, then
+    the generator's own avatar with a warning."""
+    import dataclasses
+
+    import pointillist.anchor as anchor
+
+    real = anchor.anchor_to_photo
+    seen_options = []
+
+    def empty_when(predicate):
+        def anchored(avatar, head, **kw):
+            seen_options.append(kw["options"])
+            out = real(avatar, head, **kw)
+            if predicate(kw["options"]):  # an avatar the portrait camera sees nothing of
+                g = dataclasses.replace(out.gaussians, opacity_logits=np.full(out.gaussians.num, -20.0, np.float32))
+                out = dataclasses.replace(out, gaussians=g)
+            return out
+        return anchored
+
+    options = CreateOptions(checkpoint=str(tiny_checkpoint), max_points=FALLBACK_POINTS, refine_steps=0, seed=7)
+    monkeypatch.setattr(anchor, "anchor_to_photo", empty_when(lambda o: o.shape_prior))
+    result = create_avatar(portrait, options, head=head)
+    assert [o.shape_prior for o in seen_options] == [True, False]
+    assert result.avatar.meta["anchor"]["shape_prior"] is False
+    assert not any("anchoring" in w for w in result.warnings)
+
+    seen_options.clear()
+    monkeypatch.setattr(anchor, "anchor_to_photo", empty_when(lambda o: True))
+    result = create_avatar(portrait, options, head=head)
+    assert len(seen_options) == 2 and "anchor" not in result.avatar.meta
+    assert any("anchoring to the photo left the avatar incomplete" in w for w in result.warnings)
+    assert result.coverage.face >= 0.95 and result.coverage.head >= 0.75
