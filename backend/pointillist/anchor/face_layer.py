@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..avatar.gaussians import Binding, Gaussians
+from ..avatar.gaussians import SH_C0, Binding, Gaussians
 from ..head.model import HeadModel
 
 #: vertex regions whose triangles carry the layer (a triangle belongs when all three corners do)
@@ -118,8 +118,6 @@ def face_layer(head: HeadModel, identity_vertices: np.ndarray, scale: float = 1.
     colours = np.full((len(means), 3), 0.5)
     for name, rgb in INTERIOR_COLOURS.items():
         colours[labels == LAYER_REGIONS.index(name)] = rgb
-    from ..avatar.gaussians import SH_C0
-
     g = Gaussians(means=means.astype(np.float32), log_scales=log_scales.astype(np.float32),
                   quats=quats_from_normals(normal).astype(np.float32),
                   opacity_logits=np.full(len(means), np.log(OPACITY / (1 - OPACITY)), np.float32),
