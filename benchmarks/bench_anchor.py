@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from bench_portraits import VIEWS, images_in, median, row_image, views_and_scores  # noqa: E402
+from bench_portraits import (VIEWS, fmt, identity_cells, identity_summary, images_in, median, row_image,  # noqa: E402
+                             views_and_scores)
 
 from pointillist.anchor import AnchorOptions, anchor_to_photo  # noqa: E402
 from pointillist.atomic import atomic_write  # noqa: E402
@@ -95,16 +96,10 @@ def summary(records: list[dict], variant: str) -> dict:
     out = {"avatars": len(made), "face_psnr": median([m["face_psnr"] for m in made]),
            "coverage_head": median([m["coverage"]["head"] for m in made]),
            "seconds": median([m["seconds"] for m in made]), "gaussians": median([m["gaussians"] for m in made])}
-    for label, _ in VIEWS:
-        out[f"id_{label}"] = median([m["identity"][label]["cosine"] for m in made])
-        out[f"found_{label}"] = round(sum(m["identity"][label]["detected"] for m in made) / len(made), 3) if made else None
-        out[f"same_{label}"] = (round(sum((m["identity"][label]["cosine"] or -1) >= SAME_PERSON_COSINE for m in made)
-                                      / len(made), 3) if made else None)
-    return out
+    return {**out, **identity_summary(made)}
 
 
 def table(records: list[dict], variants: list[str]) -> str:
-    fmt = lambda v, spec="{:.2f}": "–" if v is None else spec.format(v)  # noqa: E731
     lines = ["Same generated points per image; each variant finishes them differently (medians over the avatars; "
              f"identity: SFace cosine to the input, same person ≥ {SAME_PERSON_COSINE}; (found, same) as shares).", "",
              "| folder | variant | avatars | face PSNR | head cov. | " + " | ".join(f"id {l}" for l, _ in VIEWS)
@@ -114,8 +109,7 @@ def table(records: list[dict], variants: list[str]) -> str:
             s = summary([r for r in records if r["folder"] == folder], variant)
             if not s["avatars"]:
                 continue
-            ids = " | ".join(f"{fmt(s[f'id_{l}'])} ({fmt(s[f'found_{l}'], '{:.0%}')}, {fmt(s[f'same_{l}'], '{:.0%}')})"
-                             for l, _ in VIEWS)
+            ids = identity_cells(s)
             found30 = (s["found_yaw+30"] + s["found_yaw-30"]) / 2
             lines.append(f"| {folder} | {variant} | {s['avatars']} | {fmt(s['face_psnr'], '{:.1f}')} | "
                          f"{fmt(s['coverage_head'])} | {ids} | {found30:.0%} | {fmt(s['seconds'], '{:.1f}')} | "

@@ -165,17 +165,33 @@ def folder_summary(records: list[dict]) -> dict:
            "coverage_head": median([r["coverage"]["head"] for r in made]),
            "face_psnr": median([r["face_psnr"] for r in made]), "face_ssim": median([r["face_ssim"] for r in made]),
            "seconds": median([r["seconds_total"] for r in made])}
+    return {**out, **identity_summary(made)}
+
+
+def identity_summary(made: list[dict]) -> dict:
+    """Per view of the records' `identity`: median cosine (`id_`), share found by YuNet (`found_`), share at or
+    above the same-person threshold (`same_`)."""
+    out = {}
     for label, _ in VIEWS:
-        cos = [r["identity"][label]["cosine"] for r in made]
+        cos = [m["identity"][label]["cosine"] for m in made]
         out[f"id_{label}"] = median(cos)
-        out[f"found_{label}"] = round(sum(r["identity"][label]["detected"] for r in made) / len(made), 3) if made else None
+        out[f"found_{label}"] = round(sum(m["identity"][label]["detected"] for m in made) / len(made), 3) if made else None
         scored = [c for c in cos if c is not None]
         out[f"same_{label}"] = round(sum(c >= SAME_PERSON_COSINE for c in scored) / len(made), 3) if made else None
     return out
 
 
+def fmt(value, spec: str = "{:.2f}") -> str:
+    return "–" if value is None else spec.format(value)
+
+
+def identity_cells(summary: dict) -> str:
+    """The table cells 'median (found, same)' of each view of an `identity_summary`."""
+    return " | ".join(f"{fmt(summary[f'id_{label}'])} ({fmt(summary[f'found_{label}'], '{:.0%}')}, "
+                      f"{fmt(summary[f'same_{label}'], '{:.0%}')})" for label, _ in VIEWS)
+
+
 def table(records: list[dict], options: CreateOptions) -> str:
-    fmt = lambda v, spec="{:.2f}": "–" if v is None else spec.format(v)  # noqa: E731
     lines = [f"Options: quality {options.quality}, seed {options.seed}, carve {options.carve}, anchor {options.anchor}, "
              f"refine steps {options.steps}. Identity: median SFace "
              f"cosine over the avatars whose view YuNet finds (same person ≥ {SAME_PERSON_COSINE}); 'found' = share of "
@@ -185,8 +201,7 @@ def table(records: list[dict], options: CreateOptions) -> str:
              "|---" * (10 + len(VIEWS)) + "|"]
     for folder in sorted({r["folder"] for r in records}):
         s = folder_summary([r for r in records if r["folder"] == folder])
-        ids = " | ".join(f"{fmt(s[f'id_{label}'])} ({fmt(s[f'found_{label}'], '{:.0%}')}, {fmt(s[f'same_{label}'], '{:.0%}')})"
-                         for label, _ in VIEWS)
+        ids = identity_cells(s)
         lines.append(f"| {folder} | {s['images']} | {s['avatars']} | {s['refused']} | {s['fallbacks']} | "
                      f"{fmt(s['coverage_face'])} | {fmt(s['coverage_head'])} | {fmt(s['face_psnr'], '{:.1f}')} | "
                      f"{fmt(s['face_ssim'])} | {ids} | {fmt(s['seconds'], '{:.0f}')} |")

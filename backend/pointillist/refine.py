@@ -16,8 +16,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.spatial import cKDTree
 
+from .anchor.mirror import mirror_partners
 from .avatar.binding import closest_point_barycentrics
 from .avatar.gaussians import Avatar, Binding, Gaussians
 from .head.model import HeadModel
@@ -57,7 +57,7 @@ def refine_avatar(avatar: Avatar, head: HeadModel, steps: int, *, lr: float = 0.
     dc = torch.as_tensor(g.sh_dc).clone().requires_grad_()
     opacity = torch.as_tensor(g.opacity_logits).clone().requires_grad_()
     offset = torch.zeros_like(base_means, requires_grad=True)
-    mirror = _mirror_partner(g.means)
+    mirror = torch.as_tensor(mirror_partners(g.means))
     optimizer = torch.optim.Adam([{"params": [dc, opacity], "lr": lr}, {"params": [offset], "lr": lr * 0.02}])
     seen = torch.zeros(len(dc))
     for step in range(steps):
@@ -92,9 +92,3 @@ def refine_avatar(avatar: Avatar, head: HeadModel, steps: int, *, lr: float = 0.
     meta = {**avatar.meta, "refine_steps": steps}
     return replace(avatar, gaussians=new, binding=Binding(tri, bary), meta=meta)
 
-
-def _mirror_partner(means: np.ndarray) -> torch.Tensor:
-    """Index of the Gaussian nearest each Gaussian's mirror image across x = 0."""
-    tree = cKDTree(means)
-    _, idx = tree.query(means * np.array([-1.0, 1.0, 1.0], dtype=np.float32))
-    return torch.as_tensor(idx)

@@ -26,8 +26,9 @@ import torch
 from scipy.spatial import cKDTree
 
 from ..avatar.animate import AvatarAnimator
-from ..avatar.gaussians import SH_C0, Avatar, Binding, Gaussians
+from ..avatar.gaussians import SH_C0, Avatar, Binding
 from ..head.model import HeadModel
+from ..render.camera import camera_center
 from .face_layer import COARSE_M, INTERIOR_COLOURS, FaceLayer, face_layer
 from .mirror import mirror_partners, mirrored_colours, photo_share
 from .priors import bounded_log_scales
@@ -98,7 +99,7 @@ def _anchored(avatar: Avatar, layer: FaceLayer | None, head: HeadModel, photo: n
     normals = np.zeros((g.num, 3), np.float32)
     if layer is not None:
         keep = ~duplicates_layer(g.means, layer.gaussians.means, layer.normals)
-        g = _concat(g.subset(keep), layer.gaussians)
+        g = g.subset(keep).concatenate(layer.gaussians)
         binding = Binding(np.concatenate([binding.triangles[keep], layer.binding.triangles]),
                           np.concatenate([binding.barycentrics[keep], layer.binding.barycentrics]))
         is_layer = np.r_[np.zeros(int(keep.sum()), bool), np.ones(layer.gaussians.num, bool)]
@@ -128,7 +129,7 @@ def _anchored(avatar: Avatar, layer: FaceLayer | None, head: HeadModel, photo: n
     seen = read.seen.astype(np.float64)
     if layer is not None:  # grazing discs smear the photo: trust them less, their partner more
         posed_normals = torch.einsum("nij,nj->ni", posed.rotations[0], torch.as_tensor(normals)).numpy()
-        centre = -viewmat[:3, :3].T.numpy() @ viewmat[:3, 3].numpy()
+        centre = camera_center(viewmat.numpy())
         to_camera = centre - posed.means[0].numpy()
         cos = np.einsum("nc,nc->n", posed_normals, to_camera) / np.maximum(np.linalg.norm(to_camera, axis=1), 1e-9)
         lo, hi = GRAZING_COS
@@ -216,12 +217,3 @@ def _valid_pixels(src, photo: np.ndarray | None, hands: np.ndarray | None) -> np
         valid = valid * (1 - np.asarray(hands, np.float32))
     return valid
 
-
-def _concat(a: Gaussians, b: Gaussians) -> Gaussians:
-    k = max(a.sh_rest.shape[1], b.sh_rest.shape[1])
-
-    def rest(x: Gaussians) -> np.ndarray:
-        return np.concatenate([x.sh_rest, np.zeros((x.num, k - x.sh_rest.shape[1], 3), np.float32)], axis=1)
-
-    return Gaussians(*(np.concatenate([getattr(a, f), getattr(b, f)]).astype(np.float32)
-                       for f in ("means", "log_scales", "quats", "opacity_logits", "sh_dc")), sh_rest=np.concatenate([rest(a), rest(b)]))

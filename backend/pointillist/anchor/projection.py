@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-
+from ..model.portrait_probe import sample_pixels
+from ..render.camera import project_points
 from ..render.rasterize import rasterize
 
 #: a Gaussian this far behind the rendered surface is still on it (a fringe's haze moves the surface forward)
@@ -47,21 +47,16 @@ def photo_colours(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor
     with torch.no_grad():
         out = rasterize(means, quats, scales, opacities, viewmat=viewmat, K=Kd, width=dw, height=dh,
                         colors=torch.zeros(len(means), 3), background=torch.zeros(3))
-        cam = means @ viewmat[:3, :3].T + viewmat[:3, 3]
-        z = cam[:, 2]
-        uv = torch.stack([K[0, 0] * cam[:, 0] / z.clamp_min(1e-6) + K[0, 2],
-                          K[1, 1] * cam[:, 1] / z.clamp_min(1e-6) + K[1, 2]], dim=-1)  # pixels of `image`
-        surface = _sample(out.depth[None], uv * s, dw, dh)[0]
-        cover = _sample(out.alpha[None], uv * s, dw, dh)[0]
-        colours = _sample(photo.permute(2, 0, 1), uv, width, height).T
-        ok = _sample(weight[None], uv, width, height)[0]
-        inside = (uv[:, 0] >= 0) & (uv[:, 0] <= width) & (uv[:, 1] >= 0) & (uv[:, 1] <= height) & (z > 0)
+        uv_np, z_np = project_points(means.numpy(), viewmat.numpy(), K.numpy())  # pixels of `image`
+        uv = torch.as_tensor(np.nan_to_num(uv_np, nan=-1.0, posinf=-1.0, neginf=-1.0), dtype=torch.float32)
+        z = torch.as_tensor(z_np, dtype=torch.float32)
+        u, v = uv.unbind(-1)
+        surface = sample_pixels(out.depth[None], u * s, v * s)[:, 0]
+        cover = sample_pixels(out.alpha[None], u * s, v * s)[:, 0]
+        colours = sample_pixels(photo.permute(2, 0, 1), u, v)
+        ok = sample_pixels(weight[None], u, v)[:, 0]
+        inside = (u >= 0) & (u <= width) & (v >= 0) & (v <= height) & (z > 0)
         front = ((surface + 2 * DEPTH_TOLERANCE_M - z) / DEPTH_TOLERANCE_M).clamp(0, 1)  # 1 up to 1 tol behind, 0 by 2
         seen = front * ok * (cover >= MIN_ALPHA) * inside
     return PhotoColours(colours=colours.clamp(0, 1).numpy(), seen=seen.numpy())
 
-
-def _sample(image: torch.Tensor, uv: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Bilinear samples (C, N) of `image` (C, H, W) at pixel positions `uv` (N, 2) (pixel centres at +0.5)."""
-    grid = torch.stack([uv[:, 0] / width * 2 - 1, uv[:, 1] / height * 2 - 1], dim=-1)[None, None]
-    return F.grid_sample(image[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0, :, 0]

@@ -72,6 +72,17 @@ class Gaussians:
         """The Gaussians selected by a boolean mask or index array."""
         return Gaussians(*(getattr(self, f)[index] for f in ("means", "log_scales", "quats", "opacity_logits", "sh_dc", "sh_rest")))
 
+    def concatenate(self, other: "Gaussians") -> "Gaussians":
+        """These Gaussians followed by `other`'s; SH bands missing on one side are zero there."""
+        k = max(self.sh_rest.shape[1], other.sh_rest.shape[1])
+
+        def rest(g: Gaussians) -> np.ndarray:
+            return np.concatenate([g.sh_rest, np.zeros((g.num, k - g.sh_rest.shape[1], 3), np.float32)], axis=1)
+
+        return Gaussians(*(np.concatenate([getattr(self, f), getattr(other, f)]).astype(np.float32)
+                           for f in ("means", "log_scales", "quats", "opacity_logits", "sh_dc")),
+                         sh_rest=np.concatenate([rest(self), rest(other)]).astype(np.float32))
+
 
 @dataclass
 class Binding:

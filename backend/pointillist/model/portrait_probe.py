@@ -95,7 +95,7 @@ def _project(points: Tensor, view: PortraitView) -> tuple[Tensor, Tensor, Tensor
     return K[0, 0] * cam[:, 0] / z + K[0, 2], K[1, 1] * cam[:, 1] / z + K[1, 2], z
 
 
-def _sample(image: Tensor, u: Tensor, v: Tensor) -> Tensor:
+def sample_pixels(image: Tensor, u: Tensor, v: Tensor) -> Tensor:
     """Bilinear samples (P, C) of a (C, H, W) image at pixel positions (border-clamped)."""
     H, W = image.shape[-2:]
     grid = torch.stack([2 * u / W - 1, 2 * v / H - 1], dim=-1)[None, None]  # pixel edges at ±1
@@ -121,9 +121,9 @@ def _probe(points: Tensor, triangles: Tensor, view: PortraitView, head: HeadMode
     u, v, z = _project(posed_points(points, triangles, view, head), view)
     image = view.image.to(points.device)
     W = image.shape[-1]
-    fine = _sample(image, u, v)
+    fine = sample_pixels(image, u, v)
     blur = max(1, round(W / 32))
-    coarse = _sample(F.avg_pool2d(image[None], blur, stride=1, padding=blur // 2, count_include_pad=False)[0], u, v)
+    coarse = sample_pixels(F.avg_pool2d(image[None], blur, stride=1, padding=blur // 2, count_include_pad=False)[0], u, v)
     inside = _inside(u, v, view)
     visible = _visible(u, v, z, inside, view)
     depth = (z - z.median()) / _DEPTH_SCALE_M
@@ -156,8 +156,8 @@ def ray_probe_features(head_points: Tensor, triangles: Tensor, view: PortraitVie
         dist = torch.as_tensor(RAY_DISTANCES, device=dev, dtype=pts.dtype)
         ray = (pts[None, :, :3] + dist[:, None, None] * pts[None, :, 3:]).reshape(D * M, 3)
         u, v, z = _project(posed_points(ray, tri.repeat(D), view, head), view)
-        rgb = _sample(view.image.to(dev), u, v)
-        matte = _sample(view.alpha.to(dev)[None], u, v) if view.alpha is not None else rgb.new_zeros(D * M, 1)
+        rgb = sample_pixels(view.image.to(dev), u, v)
+        matte = sample_pixels(view.alpha.to(dev)[None], u, v) if view.alpha is not None else rgb.new_zeros(D * M, 1)
         inside = _inside(u, v, view)
         per_distance = torch.cat([matte * inside[:, None], rgb, inside[:, None]], dim=1).reshape(D, M, 5)
         skin_visible = _visible(u[:M], v[:M], z[:M], inside[:M], view)
