@@ -239,3 +239,12 @@ def test_the_layer_eyes_turn_with_the_eye_joints_and_the_mouth_interior_has_its_
     # the closed mouth hides its interior from the photo: teeth and cavity keep their own colours
     cavity = np.isin(tri, full.binding.triangles[full.region("mouth_cavity")])
     assert np.mean(np.abs(colours[cavity] - INTERIOR_COLOURS["mouth_cavity"]).max(1) < 0.02) > 0.8
+
+
+@pytest.mark.parametrize("options", [AnchorOptions(), AnchorOptions(face_layer=False), AnchorOptions(photo_colours=False)])
+def test_anchoring_leaves_the_avatar_it_is_given_untouched(head, options):
+    avatar = _portrait_avatar(head, yaw_deg=30.0)
+    before = {f: getattr(avatar.gaussians, f).copy() for f in ("means", "log_scales", "sh_dc", "opacity_logits")}
+    anchor_to_photo(avatar, head, options=options)
+    for f, value in before.items():
+        np.testing.assert_array_equal(getattr(avatar.gaussians, f), value, err_msg=f)

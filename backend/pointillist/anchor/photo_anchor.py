@@ -113,8 +113,9 @@ def _anchored(avatar: Avatar, layer: FaceLayer | None, head: HeadModel, photo: n
     if not options.photo_colours:
         if layer is not None:  # the layer's cells still need colours: the decoder's nearest Gaussian's
             _, near = cKDTree(avatar.gaussians.means).query(layer.gaussians.means)
-            interior = _interior_cells(layer)
-            g.sh_dc[is_layer] = np.where(interior[:, None], layer.gaussians.sh_dc, avatar.gaussians.sh_dc[near])
+            sh_dc = g.sh_dc.copy()
+            sh_dc[is_layer] = np.where(_interior_cells(layer)[:, None], layer.gaussians.sh_dc, avatar.gaussians.sh_dc[near])
+            anchored = replace(anchored, gaussians=replace(g, sh_dc=sh_dc))
         return anchored, known
 
     animator = AvatarAnimator(anchored, head)
@@ -154,7 +155,7 @@ def _anchored(avatar: Avatar, layer: FaceLayer | None, head: HeadModel, photo: n
         else:
             fallback = decoder_colours[part]
         colours[part] = mirrored_colours(photo_part, seen[part], partners, fallback)
-    g.sh_dc[:] = ((colours - 0.5) / SH_C0).astype(np.float32)
+    anchored = replace(anchored, gaussians=replace(g, sh_dc=((colours - 0.5) / SH_C0).astype(np.float32)))
     anchored.meta["anchor"]["seen_share"] = round(float((seen > 0.5).mean()), 4)
     return anchored, known
 
