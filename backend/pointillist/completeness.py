@@ -50,14 +50,19 @@ class PortraitRegions:
             matte = np.asarray(Image.fromarray(matte).resize((size, size), Image.BILINEAR))
             nearest = lambda m: None if m is None else np.asarray(Image.fromarray(np.asarray(m)).resize((size, size), Image.NEAREST))
             photo, hands = nearest(photo), nearest(hands)
-        on_photo = np.ones((size, size), bool) if photo is None else np.asarray(photo, bool)
-        if hands is not None:
-            on_photo = on_photo & ~np.asarray(hands, bool)
+        on_photo = photo_pixels(photo, hands, (size, size))
         # "above the chin" in the crop's own rows: the crop is levelled on the eyes, so rows run across the face
         chin_row = points[mpt.CHIN, 1] + CHIN_MARGIN * size
         rows = (np.arange(size) + 0.5)[:, None] <= chin_row
         person = matte > 127
         return cls(face=face & on_photo, head=((person & rows) | face) & on_photo)
+
+
+def photo_pixels(photo: np.ndarray | None, hands: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: crop pixels that say something about the head: from the photo (not fill past its edge)
+    and not a hand."""
+    on_photo = np.ones(shape, bool) if photo is None else np.asarray(photo, bool)
+    return on_photo if hands is None else on_photo & ~np.asarray(hands, bool)
 
 
 @dataclass

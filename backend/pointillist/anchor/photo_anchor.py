@@ -27,6 +27,7 @@ from scipy.spatial import cKDTree
 
 from ..avatar.animate import AvatarAnimator
 from ..avatar.gaussians import SH_C0, Avatar, Binding
+from ..completeness import photo_pixels
 from ..head.model import HeadModel
 from ..render.camera import camera_center
 from .face_layer import COARSE_M, INTERIOR_COLOURS, FaceLayer, face_layer
@@ -210,11 +211,7 @@ def _interior_cells(layer: FaceLayer) -> np.ndarray:
 
 def _valid_pixels(src, photo: np.ndarray | None, hands: np.ndarray | None) -> np.ndarray:
     """(S, S) float weights: the person's matte, on photo pixels, off the hands."""
-    h, w = src.image.shape[:2]
-    valid = np.ones((h, w), np.float32) if src.matte is None else np.asarray(src.matte, np.float32) / 255
-    if photo is not None:
-        valid = valid * np.asarray(photo, np.float32)
-    if hands is not None:
-        valid = valid * (1 - np.asarray(hands, np.float32))
-    return valid
+    shape = src.image.shape[:2]
+    matte = np.ones(shape, np.float32) if src.matte is None else np.asarray(src.matte, np.float32) / 255
+    return matte * photo_pixels(photo, hands, shape)
 
